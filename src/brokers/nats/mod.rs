@@ -1,0 +1,286 @@
+//! NATS: core subjects (at-most-once, queue groups) and JetStream (durable
+//! pull consumers, PubAck-confirmed publishes).
+
+mod sink;
+mod source;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tracing::{info, warn};
+
+use super::{BacklogProbe, Broker, BrokerError, Publisher, Source};
+use crate::config::{BrokerKind, Endpoint, NatsConfig, RouteConfig};
+use crate::message::{
+    Headers, Message, SourceMeta, CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER, TRACEPARENT_HEADER,
+};
+use crate::telemetry::{names, redact_url};
+
+/// A NATS connection with its JetStream context.
+pub struct NatsBroker {
+    name: String,
+    cfg: NatsConfig,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    up: Arc<AtomicBool>,
+}
+
+impl NatsBroker {
+    /// Connects. With `wait` false the connection is made in the background
+    /// and retried for ever, so that `run` starts while NATS is down.
+    pub async fn connect(name: &str, cfg: &NatsConfig, wait: bool) -> Result<Self, BrokerError> {
+        let err = |message: String| BrokerError::Connect {
+            broker: name.to_owned(),
+            message,
+        };
+        let mut opts = match (&cfg.credentials_file, &cfg.nkey_file) {
+            (Some(path), _) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|e| err(format!("cannot read credentials_file {path}: {e}")))?,
+            (None, Some(path)) => {
+                let seed = std::fs::read_to_string(path)
+                    .map_err(|e| err(format!("cannot read nkey_file {path}: {e}")))?;
+                async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+            }
+            (None, None) => async_nats::ConnectOptions::new(),
+        };
+        let up = Arc::new(AtomicBool::new(false));
+        let flag = up.clone();
+        let broker = name.to_owned();
+        let url = redact_url(&cfg.url);
+        opts = opts
+            .name(format!("mqfn/{name}"))
+            .connection_timeout(cfg.connect_timeout)
+            .require_tls(cfg.tls_required)
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                let (flag, broker, url) = (flag.clone(), broker.clone(), url.clone());
+                async move { on_event(&flag, &broker, &url, event) }
+            });
+        if !wait {
+            opts = opts.retry_on_initial_connect();
+        }
+        let addrs: Vec<&str> = cfg.url.split(',').map(str::trim).collect();
+        let client = opts.connect(addrs).await.map_err(|e| {
+            err(format!(
+                "{e} (url {}); is the server running and the URL right?",
+                redact_url(&cfg.url)
+            ))
+        })?;
+        if client.connection_state() == async_nats::connection::State::Connected {
+            up.store(true, Ordering::Relaxed);
+            metrics::gauge!(names::BROKER_UP, "broker" => name.to_owned()).set(1.0);
+        }
+        let js = jetstream::new(client.clone());
+        Ok(Self {
+            name: name.to_owned(),
+            cfg: cfg.clone(),
+            client,
+            js,
+            up,
+        })
+    }
+
+    /// Creates the declared streams that are missing.
+    async fn ensure_streams(&self) -> Result<(), BrokerError> {
+        for s in &self.cfg.streams {
+            let config = stream::Config {
+                name: s.name.clone(),
+                subjects: s.subjects.clone(),
+                storage: if s.storage == "memory" {
+                    stream::StorageType::Memory
+                } else {
+                    stream::StorageType::File
+                },
+                max_age: s.max_age.unwrap_or_default(),
+                ..Default::default()
+            };
+            self.js
+                .get_or_create_stream(config)
+                .await
+                .map_err(|e| BrokerError::Setup {
+                    broker: self.name.clone(),
+                    message: format!("cannot create or bind stream {}: {e}", s.name),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn on_event(flag: &AtomicBool, broker: &str, url: &str, event: async_nats::Event) {
+    use async_nats::Event;
+    let gauge = metrics::gauge!(names::BROKER_UP, "broker" => broker.to_owned());
+    match event {
+        Event::Connected => {
+            flag.store(true, Ordering::Relaxed);
+            gauge.set(1.0);
+            info!(broker, url, "Connected to NATS.");
+        }
+        Event::Disconnected => {
+            flag.store(false, Ordering::Relaxed);
+            gauge.set(0.0);
+            warn!(broker, url, "Disconnected from NATS; reconnecting.");
+        }
+        Event::Closed => {
+            flag.store(false, Ordering::Relaxed);
+            gauge.set(0.0);
+        }
+        other => warn!(broker, event = %other, "NATS connection event."),
+    }
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> BrokerKind {
+        BrokerKind::Nats
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    async fn source(
+        &self,
+        route: &RouteConfig,
+        window: usize,
+    ) -> Result<Box<dyn Source>, BrokerError> {
+        if route.source.stream.is_some() {
+            self.ensure_streams().await?;
+            let s = source::JetStreamSource::bind(&self.name, &self.js, route, window).await?;
+            Ok(Box::new(s))
+        } else {
+            let s = source::CoreSource::subscribe(&self.name, &self.client, route).await?;
+            Ok(Box::new(s))
+        }
+    }
+
+    fn publisher(&self) -> Arc<dyn Publisher> {
+        Arc::new(sink::NatsPublisher::new(
+            &self.name,
+            self.client.clone(),
+            self.cfg.jetstream.then(|| self.js.clone()),
+        ))
+    }
+
+    async fn tap(&self, at: &Endpoint) -> Result<BoxStream<'static, Message>, BrokerError> {
+        let subject = at.address().unwrap_or_default().to_owned();
+        let sub = self
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| BrokerError::Receive {
+                broker: self.name.clone(),
+                message: e.to_string(),
+            })?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BrokerError::Receive {
+                broker: self.name.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(sub.map(|m| core_message(m, "")).boxed())
+    }
+
+    async fn inbox(&self) -> Result<(String, BoxStream<'static, Message>), BrokerError> {
+        let inbox = self.client.new_inbox();
+        let at = Endpoint {
+            subject: Some(inbox.clone()),
+            ..Endpoint::default()
+        };
+        let stream = self.tap(&at).await?;
+        Ok((inbox, stream))
+    }
+
+    async fn close(&self) {
+        if let Err(e) = self.client.flush().await {
+            warn!(broker = %self.name, error = %e, "Could not flush NATS before closing.");
+        }
+    }
+}
+
+/// Splits NATS headers into the envelope's fields.
+fn from_header_map(map: Option<&HeaderMap>, msg: &mut Message) {
+    let Some(map) = map else { return };
+    let mut headers = Headers::new();
+    for (name, values) in map.iter() {
+        for v in values {
+            headers.append(name.to_string(), v.as_str());
+        }
+    }
+    msg.key = headers
+        .get(KEY_HEADER)
+        .map(|k| bytes::Bytes::from(k.to_owned()));
+    msg.traceparent = headers.get(TRACEPARENT_HEADER).map(str::to_owned);
+    msg.correlation_id = headers.get(CORRELATION_HEADER).map(str::to_owned);
+    // The explicit header wins over the native reply subject: a JetStream
+    // publish uses the native one for its PubAck.
+    if let Some(r) = headers.get(REPLY_HEADER) {
+        msg.reply_to = Some(r.to_owned());
+    }
+    msg.headers = headers;
+}
+
+/// Builds NATS headers, refusing names and values the protocol cannot carry.
+fn to_header_map(headers: &Headers) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers.iter() {
+        if k.is_empty()
+            || k.chars()
+                .any(|c| c == ':' || c.is_whitespace() || c.is_control())
+        {
+            return Err(format!("header name {k:?} is not valid for NATS"));
+        }
+        if v.contains(['\r', '\n']) {
+            return Err(format!(
+                "header {k} has a line break, which NATS cannot carry"
+            ));
+        }
+        map.append(k, v);
+    }
+    Ok(map)
+}
+
+fn core_message(m: async_nats::Message, route: &str) -> Message {
+    let mut msg = Message {
+        payload: m.payload,
+        subject: m.subject.to_string(),
+        route: route.to_owned(),
+        meta: SourceMeta::Nats,
+        attempt: 1,
+        reply_to: m.reply.map(|r| r.to_string()),
+        ..Message::default()
+    };
+    from_header_map(m.headers.as_ref(), &mut msg);
+    msg
+}
+
+/// The JetStream consumer's pending count, for the autoscaler.
+struct ConsumerBacklog {
+    broker: String,
+    consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+}
+
+#[async_trait]
+impl BacklogProbe for ConsumerBacklog {
+    async fn backlog(&self) -> Result<u64, BrokerError> {
+        let info = self
+            .consumer
+            .get_info()
+            .await
+            .map_err(|e| BrokerError::Receive {
+                broker: self.broker.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(info.num_pending)
+    }
+}

@@ -1,0 +1,110 @@
+use async_nats::jetstream;
+use async_trait::async_trait;
+
+use super::to_header_map;
+use crate::brokers::{OutMessage, PublishError, PublishErrorKind, Publisher};
+use crate::config::Endpoint;
+use crate::message::{CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER};
+
+/// Publishes to NATS: through JetStream (waiting for the PubAck) when the
+/// broker has `jetstream = true`, else as core publishes confirmed by flush.
+pub struct NatsPublisher {
+    broker: String,
+    client: async_nats::Client,
+    js: Option<jetstream::Context>,
+}
+
+impl NatsPublisher {
+    pub(super) fn new(
+        broker: &str,
+        client: async_nats::Client,
+        js: Option<jetstream::Context>,
+    ) -> Self {
+        Self {
+            broker: broker.to_owned(),
+            client,
+            js,
+        }
+    }
+
+    fn fail(&self, to: &str, kind: PublishErrorKind, message: impl ToString) -> PublishError {
+        PublishError {
+            kind,
+            to: format!("{}/{to}", self.broker),
+            message: message.to_string(),
+        }
+    }
+
+    fn headers(&self, to: &str, msg: &OutMessage) -> Result<async_nats::HeaderMap, PublishError> {
+        let mut headers = msg.headers.clone();
+        if let Some(k) = &msg.key {
+            headers.set(KEY_HEADER, String::from_utf8_lossy(k));
+        }
+        if let Some(c) = &msg.correlation_id {
+            headers.set(CORRELATION_HEADER, c.clone());
+        }
+        if let Some(r) = &msg.reply_to {
+            headers.set(REPLY_HEADER, r.clone());
+        }
+        if let Some(id) = &msg.dedup_id {
+            headers.set("Nats-Msg-Id", id.clone());
+        }
+        to_header_map(&headers).map_err(|m| self.fail(to, PublishErrorKind::Rejected, m))
+    }
+
+    async fn core(&self, subject: &str, msg: OutMessage) -> Result<(), PublishError> {
+        let headers = self.headers(subject, &msg)?;
+        self.client
+            .publish_with_headers(subject.to_owned(), headers, msg.payload)
+            .await
+            .map_err(|e| {
+                use async_nats::client::PublishErrorKind as K;
+                let kind = match e.kind() {
+                    K::MaxPayloadExceeded | K::InvalidSubject => PublishErrorKind::Rejected,
+                    K::Send => PublishErrorKind::Transient,
+                };
+                self.fail(subject, kind, e)
+            })?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| self.fail(subject, PublishErrorKind::Transient, e))
+    }
+}
+
+/// Sorts JetStream publish errors into retriable and final.
+fn classify(kind: jetstream::context::PublishErrorKind) -> PublishErrorKind {
+    use jetstream::context::PublishErrorKind as K;
+    match kind {
+        K::MaxPayloadExceeded => PublishErrorKind::Rejected,
+        K::StreamNotFound
+        | K::WrongLastMessageId
+        | K::WrongLastSequence
+        | K::TimedOut
+        | K::BrokenPipe
+        | K::MaxAckPending
+        | K::Other => PublishErrorKind::Transient,
+    }
+}
+
+#[async_trait]
+impl Publisher for NatsPublisher {
+    async fn publish(&self, to: &Endpoint, msg: OutMessage) -> Result<(), PublishError> {
+        let subject = to.address().unwrap_or_default();
+        let Some(js) = &self.js else {
+            return self.core(subject, msg).await;
+        };
+        let headers = self.headers(subject, &msg)?;
+        let ack = js
+            .publish_with_headers(subject.to_owned(), headers, msg.payload)
+            .await
+            .map_err(|e| self.fail(subject, classify(e.kind()), e))?;
+        ack.await
+            .map_err(|e| self.fail(subject, classify(e.kind()), e))?;
+        Ok(())
+    }
+
+    async fn reply(&self, reply_to: &str, msg: OutMessage) -> Result<(), PublishError> {
+        self.core(reply_to, msg).await
+    }
+}

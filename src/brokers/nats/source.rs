@@ -1,0 +1,245 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use super::{core_message, from_header_map, ConsumerBacklog};
+use crate::brokers::{BacklogProbe, BrokerError, Source};
+use crate::config::RouteConfig;
+use crate::message::{Delivery, Message, NoSettle, Settle, SourceMeta};
+
+/// How long one pull request waits on the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// A durable JetStream pull consumer.
+pub struct JetStreamSource {
+    broker: String,
+    route: String,
+    stream: String,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    batch: Option<consumer::pull::Batch>,
+    keepalive: Duration,
+}
+
+impl JetStreamSource {
+    /// Binds the route's durable consumer, creating it when missing.
+    pub async fn bind(
+        broker: &str,
+        js: &jetstream::Context,
+        route: &RouteConfig,
+        window: usize,
+    ) -> Result<Self, BrokerError> {
+        let src = &route.source;
+        let stream_name = src.stream.clone().unwrap_or_default();
+        let setup = |message: String| BrokerError::Setup {
+            broker: broker.to_owned(),
+            message,
+        };
+        let stream = js.get_stream(&stream_name).await.map_err(|e| {
+            setup(format!(
+                "route {}: stream {stream_name:?} is not available ({e}); declare it under \
+                 [[brokers.{broker}.streams]] or create it with `nats stream add`",
+                route.name
+            ))
+        })?;
+        let durable = src.durable.clone().unwrap_or_else(|| route.name.clone());
+        let ack_wait = src.ack_wait.unwrap_or(Duration::from_secs(30));
+        let config = consumer::pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: src.address().unwrap_or_default().to_owned(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver: src.max_deliver.unwrap_or(-1),
+            max_ack_pending: src.max_ack_pending.unwrap_or((window as i64 * 2).max(1000)),
+            ..Default::default()
+        };
+        let consumer = stream
+            .get_or_create_consumer(&durable, config)
+            .await
+            .map_err(|e| {
+                setup(format!(
+                    "route {}: cannot create or bind durable {durable:?}: {e}",
+                    route.name
+                ))
+            })?;
+        Ok(Self {
+            broker: broker.to_owned(),
+            route: route.name.clone(),
+            stream: stream_name,
+            consumer,
+            batch: None,
+            keepalive: ack_wait / 2,
+        })
+    }
+
+    fn receive_err(&self, e: impl std::fmt::Display) -> BrokerError {
+        BrokerError::Receive {
+            broker: self.broker.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for JetStreamSource {
+    async fn next(&mut self, room: usize) -> Result<Delivery, BrokerError> {
+        loop {
+            if self.batch.is_none() {
+                let batch = self
+                    .consumer
+                    .batch()
+                    .max_messages(room.max(1))
+                    .expires(PULL_EXPIRES)
+                    .messages()
+                    .await
+                    .map_err(|e| self.receive_err(e))?;
+                self.batch = Some(batch);
+            }
+            let item = match self.batch.as_mut() {
+                Some(b) => b.next().await,
+                None => None,
+            };
+            match item {
+                None => self.batch = None,
+                Some(Err(e)) => {
+                    self.batch = None;
+                    return Err(self.receive_err(e));
+                }
+                Some(Ok(m)) => return Ok(self.delivery(m)),
+            }
+        }
+    }
+
+    fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>> {
+        Some(Arc::new(ConsumerBacklog {
+            broker: self.broker.clone(),
+            consumer: self.consumer.clone(),
+        }))
+    }
+}
+
+impl JetStreamSource {
+    fn delivery(&self, m: jetstream::Message) -> Delivery {
+        let (delivered, sequence) = m
+            .info()
+            .map(|i| (i.delivered, i.stream_sequence))
+            .unwrap_or((1, 0));
+        let mut msg = Message {
+            subject: m.subject.to_string(),
+            route: self.route.clone(),
+            meta: SourceMeta::JetStream {
+                stream: self.stream.clone(),
+                sequence,
+            },
+            attempt: u32::try_from(delivered.max(1)).unwrap_or(u32::MAX),
+            payload: m.payload.clone(),
+            ..Message::default()
+        };
+        from_header_map(m.headers.as_ref(), &mut msg);
+        let settle = JsSettle {
+            broker: self.broker.clone(),
+            msg: m,
+            keepalive: self.keepalive,
+        };
+        Delivery::new(msg, Box::new(settle))
+    }
+}
+
+/// Acks, naks and extends one JetStream message.
+struct JsSettle {
+    broker: String,
+    msg: jetstream::Message,
+    keepalive: Duration,
+}
+
+impl JsSettle {
+    async fn send(&self, kind: AckKind) -> Result<(), BrokerError> {
+        self.msg
+            .ack_with(kind)
+            .await
+            .map_err(|e| BrokerError::Settle {
+                broker: self.broker.clone(),
+                message: e.to_string(),
+            })
+    }
+}
+
+#[async_trait]
+impl Settle for JsSettle {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        self.send(AckKind::Ack).await
+    }
+
+    async fn nack(&self, delay: Duration) -> Result<(), BrokerError> {
+        self.send(AckKind::Nak(Some(delay))).await
+    }
+
+    async fn in_progress(&self) -> Result<(), BrokerError> {
+        self.send(AckKind::Progress).await
+    }
+
+    fn keepalive(&self) -> Option<Duration> {
+        Some(self.keepalive)
+    }
+}
+
+/// A core NATS subscription in a queue group: at-most-once.
+pub struct CoreSource {
+    broker: String,
+    route: String,
+    sub: async_nats::Subscriber,
+}
+
+impl CoreSource {
+    /// Subscribes in the route's queue group.
+    pub async fn subscribe(
+        broker: &str,
+        client: &async_nats::Client,
+        route: &RouteConfig,
+    ) -> Result<Self, BrokerError> {
+        let subject = route.source.address().unwrap_or_default().to_owned();
+        let group = route
+            .source
+            .queue_group
+            .clone()
+            .unwrap_or_else(|| route.name.clone());
+        let sub = client
+            .queue_subscribe(subject, group)
+            .await
+            .map_err(|e| BrokerError::Setup {
+                broker: broker.to_owned(),
+                message: format!("route {}: cannot subscribe: {e}", route.name),
+            })?;
+        Ok(Self {
+            broker: broker.to_owned(),
+            route: route.name.clone(),
+            sub,
+        })
+    }
+}
+
+#[async_trait]
+impl Source for CoreSource {
+    async fn next(&mut self, _room: usize) -> Result<Delivery, BrokerError> {
+        match self.sub.next().await {
+            Some(m) => Ok(Delivery::new(
+                core_message(m, &self.route),
+                Box::new(NoSettle),
+            )),
+            None => Err(BrokerError::Receive {
+                broker: self.broker.clone(),
+                message: "the subscription closed".to_owned(),
+            }),
+        }
+    }
+
+    fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>> {
+        None
+    }
+
+    async fn close(&mut self) {
+        let _ = self.sub.unsubscribe().await;
+    }
+}

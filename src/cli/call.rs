@@ -1,0 +1,73 @@
+//! `mqfn call`: run a handler locally, with no broker, through the same
+//! invocation path as `run` (time limit, retries, panic catching).
+
+use std::io::Write;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::MessageArgs;
+use crate::config::{Config, RouteConfig};
+use crate::handler;
+use crate::message::{Message, NoSettle};
+use crate::route::{Attempted, Route};
+
+/// Arguments of `mqfn call`.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The handler's name (declared under [handlers], or a built-in).
+    pub handler: String,
+    /// The message.
+    #[command(flatten)]
+    pub msg: MessageArgs,
+}
+
+/// Calls the handler and prints each output payload on its own line.
+pub async fn run(cfg: &Config, args: &CallArgs) -> Result<(), String> {
+    let built = handler::build(&args.handler, cfg).map_err(|e| e.to_string())?;
+    // Borrow the time limit and retry policy of a route that uses the
+    // handler, so that `call` behaves as `run` would.
+    let mut rcfg = cfg
+        .routes
+        .iter()
+        .find(|r| r.handler == args.handler)
+        .cloned()
+        .unwrap_or_else(|| RouteConfig {
+            name: "call".to_owned(),
+            handler: args.handler.clone(),
+            ..RouteConfig::default()
+        });
+    rcfg.workers.min = 1;
+    rcfg.workers.max = 1;
+    let route = Route::new(&rcfg, built.handler, built.timeout, None, None, None);
+    let msg = Message {
+        payload: args.msg.read_payload()?,
+        headers: args.msg.header_set(),
+        key: args.msg.key.clone().map(Into::into),
+        subject: "call".to_owned(),
+        route: rcfg.name.clone(),
+        attempt: 1,
+        ..Message::default()
+    };
+    match route
+        .attempt(&msg, &NoSettle, &CancellationToken::new())
+        .await
+    {
+        Attempted::Done(outputs) => {
+            let mut out = std::io::stdout().lock();
+            for o in outputs {
+                out.write_all(&o.payload)
+                    .and_then(|_| out.write_all(b"\n"))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        Attempted::Failed(f) => Err(format!(
+            "{} error after {} attempt(s): {}",
+            f.error.class(),
+            f.attempts,
+            f.error
+        )),
+        Attempted::Abandoned(_) => Err("interrupted".to_owned()),
+    }
+}

@@ -1,0 +1,125 @@
+//! `mqfn invoke`: publish to a route's source with a correlation id, wait
+//! for the result on the route's output (or a reply), and print it.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::MessageArgs;
+use crate::brokers::{self, Broker, OutMessage};
+use crate::config::{Config, Endpoint};
+use crate::message::{Message, CORRELATION_HEADER};
+
+/// Arguments of `mqfn invoke`.
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// The route's name.
+    pub route: String,
+    /// How long to wait for the result.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// The message.
+    #[command(flatten)]
+    pub msg: MessageArgs,
+}
+
+enum Outcome {
+    Result(Message),
+    DeadLetter(Message),
+}
+
+/// Runs one invocation through the brokers; prints the result payload.
+pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), String> {
+    let route = cfg.route(&args.route).ok_or_else(|| {
+        let known: Vec<_> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
+        format!(
+            "{}: no route {:?} (known: {})",
+            cfg.file.display(),
+            args.route,
+            known.join(", ")
+        )
+    })?;
+    let payload = args.msg.read_payload()?;
+    let connect = |ep: &Endpoint| {
+        let bcfg = cfg.brokers[&ep.broker].clone();
+        let name = ep.broker.clone();
+        async move {
+            brokers::connect(&name, &bcfg, true)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let source = connect(&route.source).await?;
+    let correlation = uuid::Uuid::new_v4().to_string();
+    let mut headers = args.msg.header_set();
+    headers.set(CORRELATION_HEADER, correlation.clone());
+    let mut keep: Vec<std::sync::Arc<dyn Broker>> = vec![source.clone()];
+    let mut reply_to = None;
+    let results: BoxStream<'static, Message> = match &route.output {
+        Some(out) => {
+            let b = connect(out).await?;
+            let s = b.tap(out).await.map_err(|e| e.to_string())?;
+            keep.push(b);
+            s
+        }
+        None => {
+            let (inbox, s) = source.inbox().await.map_err(|e| e.to_string())?;
+            reply_to = Some(inbox);
+            s
+        }
+    };
+    let dead: BoxStream<'static, Message> = match &route.dead_letter {
+        Some(dl) => {
+            let b = connect(dl).await?;
+            let s = b.tap(dl).await.map_err(|e| e.to_string())?;
+            keep.push(b);
+            s
+        }
+        None => futures::stream::pending().boxed(),
+    };
+    let mine = |m: &Message| m.correlation_id.as_deref() == Some(correlation.as_str());
+    let results = results
+        .filter(move |m| futures::future::ready(mine(m)))
+        .map(Outcome::Result);
+    let dead = dead
+        .filter(move |m| futures::future::ready(mine(m)))
+        .map(Outcome::DeadLetter);
+    let mut both = futures::stream::select(results, dead);
+    let msg = OutMessage {
+        payload,
+        headers,
+        key: args.msg.key.clone().map(Into::into),
+        correlation_id: Some(correlation.clone()),
+        reply_to,
+        ..OutMessage::default()
+    };
+    source
+        .publisher()
+        .publish(&route.source, msg)
+        .await
+        .map_err(|e| e.to_string())?;
+    let got = tokio::time::timeout(args.timeout, both.next()).await;
+    for b in &keep {
+        b.close().await;
+    }
+    match got {
+        Err(_) => Err(format!(
+            "no result for route {} within {} (correlation id {correlation}); is `mqfn run` running with this config?",
+            args.route,
+            humantime::format_duration(args.timeout)
+        )),
+        Ok(None) => Err("the result subscription closed".to_owned()),
+        Ok(Some(Outcome::Result(m))) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&m.payload).and_then(|_| out.write_all(b"\n")).map_err(|e| e.to_string())
+        }
+        Ok(Some(Outcome::DeadLetter(m))) => Err(format!(
+            "dead-lettered after {} attempt(s): {}",
+            m.headers.get("mqfn-attempts").unwrap_or("?"),
+            m.headers.get("mqfn-error").unwrap_or("unknown error")
+        )),
+    }
+}

@@ -1,0 +1,138 @@
+//! The configuration: one TOML file of brokers, handlers and routes.
+//!
+//! Loading happens in three steps, each with errors that name the file and
+//! the key path:
+//! 1. parse the TOML,
+//! 2. expand `${VAR}` and `${VAR:-default}` in every string ([`env`]),
+//! 3. deserialize into typed structs (unknown keys are errors), then check
+//!    the rules that span fields ([`validate`]).
+
+mod broker;
+mod env;
+mod error;
+mod handler;
+mod route;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use broker::{
+    AmqpBinding, AmqpConfig, AmqpExchange, AmqpQueue, BrokerConfig, BrokerKind, KafkaConfig,
+    NatsConfig, NatsStream,
+};
+pub use error::{ConfigError, ConfigErrors};
+pub use handler::{BuiltinConfig, HandlerConfig};
+pub use route::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig, TopicCreate, WorkersConfig};
+
+/// The default config locations, tried in order when `--config` is absent.
+pub const DEFAULT_PATHS: &[&str] = &["mqfn.toml", "config/mqfn.toml"];
+
+/// A whole mqfn configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/status`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// How long a shutdown may take to finish in-flight work before it is
+    /// cut short (the unfinished messages are redelivered by the broker).
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Named broker connections.
+    #[serde(default)]
+    pub brokers: BTreeMap<String, BrokerConfig>,
+    /// Named handlers. The built-ins (`echo`, `fail`, `json-transform`) exist
+    /// without a declaration.
+    #[serde(default)]
+    pub handlers: BTreeMap<String, HandlerConfig>,
+    /// Routes: each ties one source to one handler.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// The file this came from, for error messages.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address. Loopback by default so that metrics and status are
+    /// not exposed to the network unless asked for.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".to_owned()
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Config {
+    /// Reads, expands, parses and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            ConfigErrors::one(ConfigError::Read {
+                file: path.to_owned(),
+                source,
+            })
+        })?;
+        Self::from_str(&text, path)
+    }
+
+    /// Parses and validates config text; `file` is only used in messages.
+    pub fn from_str(text: &str, file: &Path) -> Result<Self, ConfigErrors> {
+        let at = |key: String, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            message,
+        };
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            ConfigErrors::one(ConfigError::Syntax {
+                file: file.to_owned(),
+                message: e.to_string(),
+            })
+        })?;
+        env::expand(&mut value, &mut |var| std::env::var(var).ok())
+            .map_err(|(key, message)| ConfigErrors::one(at(key, message)))?;
+        let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigErrors::one(at(key, e.into_inner().to_string()))
+        })?;
+        cfg.file = file.to_owned();
+        validate::validate(&cfg)?;
+        Ok(cfg)
+    }
+
+    /// Finds the config file: `explicit`, else the first default that exists.
+    pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigErrors> {
+        if let Some(p) = explicit {
+            return Ok(p.to_owned());
+        }
+        DEFAULT_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| ConfigErrors::one(ConfigError::NotFound))
+    }
+
+    /// The route called `name`.
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}

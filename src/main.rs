@@ -1,0 +1,71 @@
+//! The `mqfn` binary: parse args, load config, set up logs, run a command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mqfn::cli::{self, Cli, Command};
+use mqfn::config::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `run` is a service and logs its life; the other commands print their
+    // answer and stay quiet unless something is wrong.
+    let level = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
+    mqfn::telemetry::init_logs(&cli.log_format, level);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let path = Config::locate(cli.config.as_deref())?;
+    let mut cfg = Config::load(&path)?;
+    match cli.command {
+        Command::Validate => {
+            println!(
+                "{}: ok ({} broker(s), {} handler(s), {} route(s))",
+                path.display(),
+                cfg.brokers.len(),
+                cfg.handlers.len(),
+                cfg.routes.len()
+            );
+        }
+        Command::Run { admin } => {
+            if let Some(a) = admin {
+                cfg.admin.listen = a;
+            }
+            mqfn::app::run(cfg, shutdown_signal()).await?;
+        }
+        Command::Publish(args) => cli::publish::run(&cfg, &args)
+            .await
+            .map_err(anyhow::Error::msg)?,
+        Command::Invoke(args) => cli::invoke::run(&cfg, &args)
+            .await
+            .map_err(anyhow::Error::msg)?,
+        Command::Call(args) => cli::call::run(&cfg, &args)
+            .await
+            .map_err(anyhow::Error::msg)?,
+        Command::Status(args) => cli::status::run(&cfg, &args)
+            .await
+            .map_err(anyhow::Error::msg)?,
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

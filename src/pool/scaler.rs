@@ -1,0 +1,168 @@
+//! The autoscaler's arithmetic, kept pure so that it is tested with paused
+//! time and no broker:
+//!
+//! ```text
+//! desired = clamp(ceil(backlog / target_backlog), min, max)
+//! ```
+//!
+//! Up at once; down one step per `cooldown`; to zero only when `min = 0`
+//! and the backlog has been zero for `idle_timeout`.
+
+use tokio::time::Instant;
+
+use crate::config::WorkersConfig;
+
+/// One scaling decision with its inputs, as logged and shown in `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Decision {
+    /// Backlog seen (broker + local).
+    pub backlog: u64,
+    /// Workers before.
+    pub current: usize,
+    /// What the formula asks for.
+    pub desired: usize,
+    /// Workers after this decision.
+    pub next: usize,
+}
+
+/// The autoscaler state of one route.
+#[derive(Debug)]
+pub struct Scaler {
+    cfg: WorkersConfig,
+    current: usize,
+    last_change: Instant,
+    zero_since: Option<Instant>,
+}
+
+impl Scaler {
+    /// Starts at `min` workers.
+    pub fn new(cfg: WorkersConfig, now: Instant) -> Self {
+        Self {
+            current: cfg.min,
+            cfg,
+            last_change: now,
+            zero_since: Some(now),
+        }
+    }
+
+    /// The current size.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
+    /// What the formula asks for at this backlog.
+    pub fn desired(&self, backlog: u64) -> usize {
+        let want = backlog.div_ceil(self.cfg.target_backlog.max(1));
+        usize::try_from(want)
+            .unwrap_or(usize::MAX)
+            .clamp(self.cfg.min, self.cfg.max)
+    }
+
+    /// Looks at the backlog and decides the next size.
+    pub fn tick(&mut self, backlog: u64, now: Instant) -> Decision {
+        if backlog == 0 {
+            self.zero_since.get_or_insert(now);
+        } else {
+            self.zero_since = None;
+        }
+        let desired = self.desired(backlog);
+        let current = self.current;
+        let next = if desired > current {
+            desired
+        } else if desired < current {
+            let idle = self
+                .zero_since
+                .is_some_and(|t| now.duration_since(t) >= self.cfg.idle_timeout);
+            let floor = if idle { 0 } else { desired.max(1) };
+            if idle && self.cfg.min == 0 {
+                0
+            } else if current > floor && now.duration_since(self.last_change) >= self.cfg.cooldown {
+                current - 1
+            } else {
+                current
+            }
+        } else {
+            current
+        };
+        if next != current {
+            self.last_change = now;
+            self.current = next;
+        }
+        Decision {
+            backlog,
+            current,
+            desired,
+            next,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cfg(min: usize, max: usize) -> WorkersConfig {
+        WorkersConfig {
+            min,
+            max,
+            target_backlog: 100,
+            scale_interval: Duration::from_secs(1),
+            cooldown: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scales_up_at_once_and_down_one_step_per_cooldown() {
+        let mut s = Scaler::new(cfg(1, 8), Instant::now());
+        assert_eq!(s.tick(5_000, Instant::now()).next, 8, "straight to max");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            s.tick(0, Instant::now()).next,
+            8,
+            "no step before the cooldown"
+        );
+        let mut sizes = vec![];
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(60)).await;
+            sizes.push(s.tick(0, Instant::now()).next);
+        }
+        assert_eq!(
+            sizes,
+            vec![7, 6, 5, 4, 3, 2, 1, 1, 1, 1],
+            "down to min, one step per cooldown"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scales_to_zero_after_idle_timeout_and_wakes_on_work() {
+        let mut s = Scaler::new(cfg(0, 4), Instant::now());
+        assert_eq!(
+            s.tick(1, Instant::now()).next,
+            1,
+            "the first message wakes a worker"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(s.tick(0, Instant::now()).next, 1);
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert_eq!(
+            s.tick(0, Instant::now()).next,
+            1,
+            "idle, but not for idle_timeout yet"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(s.tick(0, Instant::now()).next, 0, "scaled to zero");
+        assert_eq!(s.tick(250, Instant::now()).next, 3, "activation");
+    }
+
+    #[test]
+    fn desired_follows_the_formula() {
+        let s = Scaler::new(cfg(2, 10), Instant::now());
+        assert_eq!(s.desired(0), 2);
+        assert_eq!(s.desired(101), 2);
+        assert_eq!(s.desired(301), 4);
+        assert_eq!(s.desired(u64::MAX), 10);
+    }
+}

@@ -1,0 +1,199 @@
+//! A running route: source → ordering lanes → worker pool → handler →
+//! sink → settle.
+
+mod invoke;
+pub mod lanes;
+mod settle;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqfn_handlers::Handler;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use invoke::{backoff, Attempted, Failure};
+
+use crate::brokers::{reconnect_delay, Publisher, Source};
+use crate::config::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig};
+use crate::message::Delivery;
+use crate::pool::WorkerPool;
+use crate::telemetry::names;
+use lanes::Lanes;
+use stats::RouteStats;
+
+/// How many messages may be in flight per worker slot: enough to keep the
+/// workers fed while results are being confirmed, small enough that memory
+/// stays bounded whatever the backlog.
+pub const WINDOW_FACTOR: usize = 2;
+
+/// A destination with the publisher that reaches it.
+#[derive(Clone)]
+pub struct Sink {
+    /// The broker's publisher.
+    pub publisher: Arc<dyn Publisher>,
+    /// Where on the broker.
+    pub at: Endpoint,
+}
+
+/// Everything one route needs at run time.
+pub struct Route {
+    /// The route's name.
+    pub name: String,
+    /// The handler's name.
+    pub handler_name: String,
+    handler: Arc<dyn Handler>,
+    timeout: Duration,
+    retry: RetryConfig,
+    ordering: Ordering,
+    filter: Option<Filter>,
+    max_message_bytes: Option<usize>,
+    output: Option<Sink>,
+    dead_letter: Option<Sink>,
+    replier: Option<Arc<dyn Publisher>>,
+    source: String,
+    /// The worker pool.
+    pub pool: Arc<WorkerPool>,
+    /// Live figures.
+    pub stats: Arc<RouteStats>,
+    lanes: Lanes<(Delivery, OwnedSemaphorePermit)>,
+    /// Wakes the autoscaler when a message waits on an empty pool.
+    pub wake: tokio::sync::Notify,
+}
+
+type Queued = (Delivery, OwnedSemaphorePermit);
+
+impl Route {
+    /// Builds a route. `replier` publishes replies on the source's broker.
+    pub fn new(
+        cfg: &RouteConfig,
+        handler: Arc<dyn Handler>,
+        handler_timeout: Option<Duration>,
+        output: Option<Sink>,
+        dead_letter: Option<Sink>,
+        replier: Option<Arc<dyn Publisher>>,
+    ) -> Self {
+        Self {
+            name: cfg.name.clone(),
+            handler_name: cfg.handler.clone(),
+            handler,
+            timeout: cfg
+                .timeout
+                .or(handler_timeout)
+                .unwrap_or(Duration::from_secs(30)),
+            retry: cfg.retry.clone(),
+            ordering: cfg.ordering,
+            filter: cfg.filter.clone(),
+            max_message_bytes: cfg.max_message_bytes,
+            output,
+            dead_letter,
+            replier,
+            source: cfg.source.describe(),
+            pool: WorkerPool::new(cfg.workers.min),
+            stats: Arc::new(RouteStats::default()),
+            lanes: Lanes::default(),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Messages waiting in mqfn and not yet running: the local part of the
+    /// backlog.
+    pub fn local_backlog(&self) -> usize {
+        self.stats.inflight().saturating_sub(self.pool.busy()) + self.lanes.queued()
+    }
+
+    /// Consumes `source` until `shutdown`, then drains: stops fetching, lets
+    /// running invocations finish and settle within `drain`, and hands the
+    /// rest back to the broker.
+    pub async fn run(
+        self: Arc<Self>,
+        mut source: Box<dyn Source>,
+        window: usize,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) {
+        let inflight = Arc::new(Semaphore::new(window));
+        let tracker = TaskTracker::new();
+        let mut failures = 0u32;
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                p = inflight.clone().acquire_owned() => p.expect("never closed"),
+            };
+            let room = inflight.available_permits() + 1;
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                d = source.next(room) => d,
+            };
+            match next {
+                Ok(d) => {
+                    failures = 0;
+                    metrics::counter!(names::MESSAGES_RECEIVED_TOTAL, "route" => self.name.clone())
+                        .increment(1);
+                    self.stats
+                        .received
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.dispatch(d, permit, &tracker, &shutdown);
+                }
+                Err(e) => {
+                    warn!(route = %self.name, error = %e, "Receive failed; retrying.");
+                    self.stats.error(e.to_string());
+                    failures += 1;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(reconnect_delay(failures)) => {}
+                    }
+                }
+            }
+        }
+        info!(route = %self.name, inflight = self.stats.inflight(), "Draining.");
+        tracker.close();
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            warn!(
+                route = %self.name,
+                unfinished = self.stats.inflight(),
+                "Shutdown timeout reached; unfinished messages will be redelivered by the broker."
+            );
+        }
+        source.close().await;
+        info!(route = %self.name, "Drained.");
+    }
+
+    fn dispatch(
+        self: &Arc<Self>,
+        d: Delivery,
+        permit: OwnedSemaphorePermit,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        let guard = self.stats.begin(d.received);
+        let shutdown = shutdown.clone();
+        let Some(lane) = lanes::lane_of(self.ordering, &d.msg) else {
+            let route = self.clone();
+            tracker.spawn(async move {
+                route.process(d, &shutdown).await;
+                drop((permit, guard));
+            });
+            return;
+        };
+        drop(guard);
+        let Some((first, permit)) = self.lanes.enter(lane.clone(), (d, permit)) else {
+            return; // queued behind its lane; the lane's task will run it
+        };
+        let route = self.clone();
+        tracker.spawn(async move {
+            let mut item: Option<Queued> = Some((first, permit));
+            while let Some((d, permit)) = item {
+                let guard = route.stats.begin(d.received);
+                route.process(d, &shutdown).await;
+                drop((permit, guard));
+                item = route.lanes.next(&lane);
+            }
+        });
+    }
+}

@@ -1,0 +1,241 @@
+//! After the handler: publish outputs, the reply or the dead letter, wait
+//! for the broker's confirmation, and only then acknowledge the input.
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::time::{Duration, SystemTime};
+
+use mqfn_handlers::{HandlerError, Output};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use super::{Attempted, Failure, Route};
+use crate::brokers::{OutMessage, PublishError, PublishErrorKind};
+use crate::message::{Delivery, Headers, Message, SourceMeta, REPLY_HEADER};
+use crate::telemetry::names;
+
+/// How long a message handed back after a failed publish waits before the
+/// broker redelivers it.
+const REDELIVERY_DELAY: Duration = Duration::from_secs(1);
+
+/// The longest `mqfn-error` header value.
+const MAX_ERROR_LEN: usize = 1024;
+
+impl Route {
+    /// Handles one delivery from start to settle.
+    pub(super) async fn process(&self, d: Delivery, shutdown: &CancellationToken) {
+        if let Some(f) = &self.filter {
+            if !f
+                .headers
+                .iter()
+                .all(|(k, v)| d.msg.headers.get(k) == Some(v.as_str()))
+            {
+                return self.ack(&d, "filtered").await;
+            }
+        }
+        let attempted = match self.max_message_bytes {
+            Some(max) if d.msg.payload.len() > max => Attempted::Failed(Failure {
+                error: HandlerError::permanent(format!(
+                    "payload of {} bytes is larger than max_message_bytes ({max})",
+                    d.msg.payload.len()
+                )),
+                attempts: d.msg.attempt,
+            }),
+            _ => self.attempt(&d.msg, d.settle.as_ref(), shutdown).await,
+        };
+        match attempted {
+            Attempted::Done(outputs) => self.deliver(&d, outputs).await,
+            Attempted::Failed(f) => self.dead_letter(&d, f).await,
+            Attempted::Abandoned(delay) => self.nack(&d, delay).await,
+        }
+    }
+
+    async fn deliver(&self, d: &Delivery, outputs: Vec<Output>) {
+        let (sink, reply, outcome) = match (&self.output, &d.msg.reply_to, &self.replier) {
+            (Some(sink), _, _) => (Some(sink), None, "ok"),
+            (None, Some(reply), Some(replier)) => (None, Some((reply, replier)), "replied"),
+            _ => (None, None, "ok"),
+        };
+        for (i, out) in outputs.into_iter().enumerate() {
+            let msg = self.out_message(&d.msg, out, &i.to_string());
+            let result = match (sink, reply) {
+                (Some(s), _) => s.publisher.publish(&s.at, msg).await,
+                (None, Some((to, replier))) => replier.reply(to, msg).await,
+                (None, None) => {
+                    debug!(route = %self.name, "The route has no output and the message no reply address; result dropped.");
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                return self.publish_failed(d, e).await;
+            }
+        }
+        self.ack(d, outcome).await;
+    }
+
+    async fn publish_failed(&self, d: &Delivery, e: PublishError) {
+        let broker = e.to.split('/').next().unwrap_or_default().to_owned();
+        metrics::counter!(names::PUBLISH_ERRORS_TOTAL, "broker" => broker).increment(1);
+        self.stats.error(e.to_string());
+        match e.kind {
+            PublishErrorKind::Transient => {
+                warn!(route = %self.name, error = %e, "Publish not confirmed; the input goes back to the broker.");
+                self.nack(d, REDELIVERY_DELAY).await;
+            }
+            PublishErrorKind::Rejected => {
+                warn!(route = %self.name, error = %e, "The broker refused the result; dead-lettering the input.");
+                let f = Failure {
+                    error: HandlerError::permanent(format!(
+                        "result refused by the broker: {}",
+                        e.message
+                    )),
+                    attempts: d.msg.attempt,
+                };
+                Box::pin(self.dead_letter(d, f)).await;
+            }
+        }
+    }
+
+    async fn dead_letter(&self, d: &Delivery, f: Failure) {
+        self.stats.error(f.error.to_string());
+        let Some(sink) = &self.dead_letter else {
+            // Only at-most-once sources may lack a dead letter (validated).
+            error!(route = %self.name, error = %f.error, attempts = f.attempts, "Message failed and the route has no dead letter; dropped.");
+            return self.ack(d, "dropped").await;
+        };
+        let mut headers = d.msg.headers.clone();
+        let error = one_line(&f.error.to_string());
+        headers.set("mqfn-error", error);
+        headers.set("mqfn-error-class", f.error.class());
+        headers.set("mqfn-attempts", f.attempts.to_string());
+        headers.set("mqfn-route", self.name.clone());
+        headers.set("mqfn-handler", self.handler_name.clone());
+        headers.set("mqfn-source", source_position(&self.source, &d.msg));
+        headers.set(
+            "mqfn-failed-at",
+            humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        );
+        let msg = OutMessage {
+            payload: d.msg.payload.clone(),
+            headers,
+            key: d.msg.key.clone(),
+            correlation_id: d.msg.correlation_id.clone(),
+            dedup_id: dedup_id(&self.name, &d.msg, "dlq"),
+            ..OutMessage::default()
+        };
+        match sink.publisher.publish(&sink.at, msg).await {
+            Ok(()) => {
+                metrics::counter!(names::DEAD_LETTERS_TOTAL, "route" => self.name.clone())
+                    .increment(1);
+                self.stats
+                    .dead_lettered
+                    .fetch_add(1, AtomicOrdering::Relaxed);
+                warn!(route = %self.name, attempts = f.attempts, error = %f.error, "Dead-lettered.");
+                self.ack(d, "dead_lettered").await;
+            }
+            Err(e) => {
+                let broker = e.to.split('/').next().unwrap_or_default().to_owned();
+                metrics::counter!(names::PUBLISH_ERRORS_TOTAL, "broker" => broker).increment(1);
+                error!(route = %self.name, error = %e, "Dead letter not confirmed; the input goes back to the broker.");
+                self.stats.error(e.to_string());
+                self.nack(d, REDELIVERY_DELAY).await;
+            }
+        }
+    }
+
+    fn out_message(&self, input: &Message, out: Output, index: &str) -> OutMessage {
+        let mut headers: Headers = input
+            .headers
+            .iter()
+            .filter(|(k, _)| {
+                !k.starts_with("Nats-") && *k != REPLY_HEADER && !k.starts_with("mqfn-error")
+            })
+            .collect();
+        headers.merge(&out.headers);
+        OutMessage {
+            payload: out.payload,
+            headers,
+            key: out.key.or_else(|| input.key.clone()),
+            correlation_id: input.correlation_id.clone(),
+            dedup_id: dedup_id(&self.name, input, index),
+            ..OutMessage::default()
+        }
+    }
+
+    async fn ack(&self, d: &Delivery, outcome: &'static str) {
+        match d.settle.ack().await {
+            Ok(()) => {
+                metrics::counter!(names::MESSAGES_SETTLED_TOTAL, "route" => self.name.clone(), "outcome" => outcome)
+                    .increment(1);
+                if outcome != "dead_lettered" {
+                    self.stats.succeeded.fetch_add(1, AtomicOrdering::Relaxed);
+                }
+            }
+            Err(e) => {
+                // The broker will redeliver; the results are already out, so
+                // this can only cause a duplicate, never a loss.
+                warn!(route = %self.name, error = %e, "Ack failed; the message may be delivered again.");
+                self.stats.error(e.to_string());
+            }
+        }
+    }
+
+    async fn nack(&self, d: &Delivery, delay: Duration) {
+        metrics::counter!(names::MESSAGES_REDELIVERED_TOTAL, "route" => self.name.clone())
+            .increment(1);
+        self.stats.redelivered.fetch_add(1, AtomicOrdering::Relaxed);
+        if let Err(e) = d.settle.nack(delay).await {
+            warn!(route = %self.name, error = %e, "Nack failed; the broker redelivers after its ack timeout.");
+        }
+    }
+}
+
+/// A deduplication id for results of JetStream inputs, stable across
+/// redeliveries of the same stream message.
+fn dedup_id(route: &str, msg: &Message, suffix: &str) -> Option<String> {
+    match &msg.meta {
+        SourceMeta::JetStream { stream, sequence } => {
+            Some(format!("mqfn:{route}:{stream}:{sequence}:{suffix}"))
+        }
+        _ => None,
+    }
+}
+
+/// `broker/address[/partition/offset]` for `mqfn-source`.
+fn source_position(source: &str, msg: &Message) -> String {
+    match &msg.meta {
+        SourceMeta::JetStream { sequence, .. } => format!("{source}/{sequence}"),
+        SourceMeta::Kafka { partition, offset } => format!("{source}/{partition}/{offset}"),
+        SourceMeta::Amqp { delivery_tag, .. } => format!("{source}/{delivery_tag}"),
+        SourceMeta::Nats | SourceMeta::Local => source.to_owned(),
+    }
+}
+
+/// Error text safe for a header: one line, bounded length.
+fn one_line(s: &str) -> String {
+    let mut line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.len() > MAX_ERROR_LEN {
+        let mut cut = MAX_ERROR_LEN;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_headers_are_single_bounded_lines() {
+        let long = "x\r\ny".repeat(1000);
+        let line = one_line(&long);
+        assert!(!line.contains(['\r', '\n']));
+        assert!(line.len() <= MAX_ERROR_LEN + '…'.len_utf8());
+    }
+}

@@ -1,0 +1,82 @@
+//! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/status`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::app::AppState;
+
+#[derive(Clone)]
+struct Shared {
+    app: Arc<AppState>,
+    metrics: PrometheusHandle,
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<AppState>,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) {
+    let router = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .with_state(Shared { app, metrics });
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        warn!(error = %e, "Admin listener stopped.");
+    }
+}
+
+async fn metrics_page(State(s): State<Shared>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render() + &super::billing::render(),
+    )
+}
+
+async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
+    if s.app.ready() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        let down: Vec<String> = s
+            .app
+            .brokers
+            .values()
+            .filter(|b| !b.is_up())
+            .map(|b| format!("broker {} is down", b.name()))
+            .chain(
+                s.app
+                    .routes
+                    .iter()
+                    .filter(|r| {
+                        !r.route
+                            .stats
+                            .subscribed
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                    })
+                    .map(|r| format!("route {} is not subscribed", r.cfg.name)),
+            )
+            .collect();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", down.join("; ")),
+        )
+    }
+}
+
+async fn status(State(s): State<Shared>) -> impl IntoResponse {
+    Json(super::status::snapshot(&s.app))
+}

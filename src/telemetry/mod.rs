@@ -1,0 +1,101 @@
+//! Logs, metrics and the admin HTTP listener.
+//!
+//! Every metric name lives in [`names`]; label values come from config names
+//! and fixed enums only, never from error text.
+
+pub mod admin;
+pub mod billing;
+pub mod names;
+pub mod status;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn install_metrics() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(names::HANDLER_DURATION_SECONDS.to_owned()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0, 60.0,
+                    ],
+                )
+                .expect("the bucket list is not empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // A recorder may already be set (tests that run several apps in
+            // one process); the first one keeps serving.
+            let _ = metrics::set_global_recorder(recorder);
+            names::describe();
+            handle
+        })
+        .clone()
+}
+
+/// Replaces the password (and a token-like user) in a URL with `***`, so
+/// that URLs can be logged. Works on comma-separated lists too, and on text
+/// that does not parse as a URL.
+pub fn redact_url(raw: &str) -> String {
+    raw.split(',')
+        .map(|one| match url::Url::parse(one.trim()) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(mut u) if !u.username().is_empty() && u.scheme().starts_with("nats") => {
+                // A NATS URL with only a user part carries a token.
+                let _ = u.set_username("***");
+                u.to_string()
+            }
+            Ok(_) => one.trim().to_owned(),
+            Err(_) => redact_unparsed(one.trim()),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_unparsed(s: &str) -> String {
+    // `scheme://user:pass@host` that the URL parser refused: cut at the last '@'.
+    match (s.find("://"), s.rfind('@')) {
+        (Some(i), Some(j)) if j > i => format!("{}://***@{}", &s[..i], &s[j + 1..]),
+        _ => s.to_owned(),
+    }
+}
+
+/// Sets up `tracing`: `format` is `pretty` or `json`; `RUST_LOG` filters,
+/// else `default_level` applies to mqfn and `warn` to client libraries.
+pub fn init_logs(format: &str, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,mqfn={default_level}")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:s3cret@rabbit:5672/%2f"),
+            "amqp://guest:***@rabbit:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("nats://tok3n@a:4222,nats://u:p@b:4222"),
+            "nats://***@a:4222,nats://u:***@b:4222"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert!(!redact_url("amqp://u:pa ss@h:x").contains("pa ss"));
+    }
+}

@@ -1,0 +1,83 @@
+//! Every metric name, in one place. See `docs/metrics.md`.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+/// Messages taken from a source.
+pub const MESSAGES_RECEIVED_TOTAL: &str = "mqfn_messages_received_total";
+/// Messages settled, by `outcome`.
+pub const MESSAGES_SETTLED_TOTAL: &str = "mqfn_messages_settled_total";
+/// Messages handed back to the broker for redelivery (publish failed, or
+/// shutdown), by `route`.
+pub const MESSAGES_REDELIVERED_TOTAL: &str = "mqfn_messages_redelivered_total";
+/// Handler invocations, by `handler` and `result`.
+pub const HANDLER_INVOCATIONS_TOTAL: &str = "mqfn_handler_invocations_total";
+/// Handler duration histogram, by `handler`.
+pub const HANDLER_DURATION_SECONDS: &str = "mqfn_handler_duration_seconds";
+/// Billed handler time, rounded up to the millisecond per invocation
+/// (rendered by [`super::billing`]).
+pub const HANDLER_BILLED_SECONDS_TOTAL: &str = "mqfn_handler_billed_seconds_total";
+/// Retries scheduled, by `route`.
+pub const RETRIES_TOTAL: &str = "mqfn_retries_total";
+/// Dead letters published, by `route`.
+pub const DEAD_LETTERS_TOTAL: &str = "mqfn_dead_letters_total";
+/// Backlog: the broker's figure plus local buffer, by `route`.
+pub const BACKLOG_MESSAGES: &str = "mqfn_backlog_messages";
+/// Age of the oldest message in flight, by `route`.
+pub const OLDEST_INFLIGHT_AGE_SECONDS: &str = "mqfn_oldest_inflight_age_seconds";
+/// Workers, by `route` and `state` (busy, idle).
+pub const WORKERS: &str = "mqfn_workers";
+/// Workers the autoscaler wants, by `route`.
+pub const WORKERS_DESIRED: &str = "mqfn_workers_desired";
+/// Handler instances, by `handler` and `state` (warm, busy).
+pub const INSTANCES: &str = "mqfn_instances";
+/// Cold starts, by `handler`.
+pub const COLD_STARTS_TOTAL: &str = "mqfn_cold_starts_total";
+/// Failed publishes (outputs, replies, dead letters), by `broker`.
+pub const PUBLISH_ERRORS_TOTAL: &str = "mqfn_publish_errors_total";
+/// 1 while the broker connection is up, by `broker`.
+pub const BROKER_UP: &str = "mqfn_broker_up";
+
+/// Registers descriptions and units with the recorder.
+pub fn describe() {
+    describe_counter!(
+        MESSAGES_RECEIVED_TOTAL,
+        "Messages taken from a route's source."
+    );
+    describe_counter!(
+        MESSAGES_SETTLED_TOTAL,
+        "Messages acknowledged, by outcome (ok, dead_lettered, replied, filtered)."
+    );
+    describe_counter!(
+        MESSAGES_REDELIVERED_TOTAL,
+        "Messages handed back to the broker for redelivery."
+    );
+    describe_counter!(HANDLER_INVOCATIONS_TOTAL, "Handler invocations, by result.");
+    describe_histogram!(
+        HANDLER_DURATION_SECONDS,
+        Unit::Seconds,
+        "Handler invocation duration."
+    );
+    describe_counter!(
+        RETRIES_TOTAL,
+        "Retries scheduled after a retryable failure."
+    );
+    describe_counter!(DEAD_LETTERS_TOTAL, "Messages published to the dead letter.");
+    describe_gauge!(
+        BACKLOG_MESSAGES,
+        "Messages waiting: broker backlog plus local buffer."
+    );
+    describe_gauge!(
+        OLDEST_INFLIGHT_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest message in flight."
+    );
+    describe_gauge!(WORKERS, "Workers, by state (busy, idle).");
+    describe_gauge!(WORKERS_DESIRED, "Workers the autoscaler wants.");
+    describe_gauge!(INSTANCES, "Handler instances, by state (warm, busy).");
+    describe_counter!(COLD_STARTS_TOTAL, "Handler instances created.");
+    describe_counter!(
+        PUBLISH_ERRORS_TOTAL,
+        "Publishes the broker did not confirm."
+    );
+    describe_gauge!(BROKER_UP, "1 while the broker connection is up.");
+}
