@@ -1,0 +1,219 @@
+//! Helpers shared by the integration tests: random names, a running
+//! `mqfn` process, and the CLI.
+//!
+//! Hosts come from env vars with localhost defaults: `NATS_URL`,
+//! `KAFKA_BOOTSTRAP`, `AMQP_URL`.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The mqfn binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_mqfn");
+
+/// A name unique to this run: `prefix_` + 10 random hex digits.
+pub fn rand_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}", &id[..10])
+}
+
+/// The NATS server for tests.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// The Kafka bootstrap for tests.
+pub fn kafka_bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// The AMQP URL for tests.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Writes `text` to a fresh temp config file and returns its path (kept
+/// alive with the returned guard).
+pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("mqfn.toml");
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("write config");
+    (dir, path)
+}
+
+/// Runs the CLI with `args` and returns its output.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run mqfn")
+}
+
+/// A running `mqfn run`.
+pub struct Mqfn {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT` of the admin listener.
+    pub admin: String,
+    /// Where its log goes.
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+impl Mqfn {
+    /// Starts `mqfn run` with this config text.
+    pub fn start(config: &str) -> Self {
+        let (dir, path) = write_config(config);
+        let admin = format!("127.0.0.1:{}", free_port());
+        let log = dir.path().join("mqfn.log");
+        let mut m = Self {
+            child: None,
+            admin,
+            log,
+            _dir: dir,
+            config: path,
+        };
+        m.spawn();
+        m
+    }
+
+    /// Starts the process again with the same config and admin address.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .args(["--admin", &self.admin])
+            .env("RUST_LOG", std::env::var("MQFN_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mqfn run");
+        self.child = Some(child);
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// GETs an admin path; `None` when the listener does not answer.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let resp = reqwest::get(format!("http://{}{path}", self.admin)).await.ok()?;
+        let code = resp.status().as_u16();
+        Some((code, resp.text().await.ok()?))
+    }
+
+    /// Waits until `/readyz` answers 200, or panics with the log after `limit`.
+    pub async fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some((200, _)) = self.get("/readyz").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("mqfn not ready within {limit:?}; log:\n{}", self.log_text());
+    }
+
+    /// `/status` as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        let (_, body) = self.get("/status").await.expect("status answers");
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.expect("metrics answer").1
+    }
+
+    /// Sends a signal (`libc` names: 15 = TERM, 9 = KILL).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return s;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                panic!("mqfn did not exit within {limit:?}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mqfn {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with
+/// `what` after `limit`. A bound for a hung test, not a timing assertion.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "gave up after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads one Prometheus sample: `name{labels}` exactly as rendered, e.g.
+/// `mqfn_dead_letters_total{route="r"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
