@@ -2,6 +2,7 @@
 //! `mod.rs` (connection), `source.rs` (consuming), `sink.rs` (publishing).
 //! Adding a broker means one folder and one arm in [`connect`].
 
+pub mod kafka;
 pub mod nats;
 
 use std::sync::Arc;
@@ -166,7 +167,8 @@ pub async fn connect(
 ) -> Result<Arc<dyn Broker>, BrokerError> {
     Ok(match cfg {
         BrokerConfig::Nats(c) => Arc::new(nats::NatsBroker::connect(name, c, wait).await?),
-        BrokerConfig::Kafka(_) | BrokerConfig::Amqp(_) => {
+        BrokerConfig::Kafka(c) => Arc::new(kafka::KafkaBroker::connect(name, c, wait).await?),
+        BrokerConfig::Amqp(_) => {
             return Err(BrokerError::Unsupported {
                 broker: name.to_owned(),
                 message: format!(

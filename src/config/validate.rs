@@ -365,6 +365,14 @@ impl Validator<'_> {
         only(ep.group.is_some(), "group", BrokerKind::Kafka, self);
         only(ep.create.is_some(), "create", BrokerKind::Kafka, self);
         only(ep.exchange.is_some(), "exchange", BrokerKind::Amqp, self);
+        if let Some(c) = &ep.create {
+            if c.partitions < 1 {
+                self.err(format!("{key}.create.partitions"), "must be at least 1");
+            }
+            if c.replication < 1 {
+                self.err(format!("{key}.create.replication"), "must be at least 1");
+            }
+        }
         if let Some(r) = &ep.auto_offset_reset {
             if !matches!(r.as_str(), "earliest" | "latest") {
                 self.err(

@@ -36,6 +36,9 @@ pub const COLD_STARTS_TOTAL: &str = "mqfn_cold_starts_total";
 pub const PUBLISH_ERRORS_TOTAL: &str = "mqfn_publish_errors_total";
 /// 1 while the broker connection is up, by `broker`.
 pub const BROKER_UP: &str = "mqfn_broker_up";
+/// Kafka consumer lag (high watermark − position), by `route` and
+/// `partition` (bounded by the topic's partition count).
+pub const KAFKA_PARTITION_LAG: &str = "mqfn_kafka_partition_lag_messages";
 
 /// Registers descriptions and units with the recorder.
 pub fn describe() {
@@ -80,4 +83,8 @@ pub fn describe() {
         "Publishes the broker did not confirm."
     );
     describe_gauge!(BROKER_UP, "1 while the broker connection is up.");
+    describe_gauge!(
+        KAFKA_PARTITION_LAG,
+        "Kafka consumer lag per partition: high watermark minus position."
+    );
 }
