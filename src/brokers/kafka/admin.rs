@@ -47,6 +47,38 @@ impl Topics {
             .contains(topic)
     }
 
+    /// Fails with a setup error naming the fix when `ep`'s topic does not
+    /// exist and `ep` does not ask for it to be created.
+    pub async fn require(
+        &self,
+        producer: &FutureProducer<LogContext>,
+        ep: &Endpoint,
+    ) -> Result<(), BrokerError> {
+        if ep.create.is_some() {
+            return self.ensure(producer, ep).await;
+        }
+        let topic = ep.address().unwrap_or_default().to_owned();
+        let p = producer.clone();
+        let t = topic.clone();
+        let exists = tokio::task::spawn_blocking(move || topic_exists(p.client(), &t))
+            .await
+            .map_err(|e| KafkaError::AdminOpCreation(e.to_string()));
+        match exists {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(BrokerError::Setup {
+                broker: self.broker.clone(),
+                message: format!(
+                    "topic {topic} does not exist; create it, or add `create = {{ partitions = N }}` \
+                     to the endpoint so that mqfn creates it"
+                ),
+            }),
+            Ok(Err(e)) | Err(e) => Err(BrokerError::Setup {
+                broker: self.broker.clone(),
+                message: format!("cannot look up topic {topic}: {e}"),
+            }),
+        }
+    }
+
     /// Creates the endpoint's topic when it says `create` and the topic is
     /// missing. Existing topics are left as they are.
     pub async fn ensure(
@@ -101,20 +133,30 @@ impl Topics {
     }
 }
 
-/// Whether the cluster knows `topic` (a metadata request that never
-/// auto-creates: `allow.auto.create.topics` is off).
-fn topic_exists<C: ClientContext>(client: &Client<C>, topic: &str) -> KafkaResult<bool> {
-    let md = client.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+/// The partitions of `topic`, or `None` when the cluster does not know it.
+///
+/// The request lists all topics rather than naming this one: a request that
+/// names a missing topic creates it on brokers with auto-creation on (and
+/// on tansu whatever the client asks).
+fn partitions_of<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+) -> KafkaResult<Option<Vec<i32>>> {
+    let md = client.fetch_metadata(None, REQUEST_TIMEOUT)?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-        return Ok(false);
+        return Ok(None);
     };
-    match t.error() {
-        None => Ok(!t.partitions().is_empty()),
-        Some(e) => match RDKafkaErrorCode::from(e) {
-            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => Ok(false),
-            code => Err(KafkaError::MetadataFetch(code)),
-        },
+    match t.error().map(RDKafkaErrorCode::from) {
+        None => Ok(Some(t.partitions().iter().map(|p| p.id()).collect())),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            Ok(None)
+        }
+        Some(code) => Err(KafkaError::MetadataFetch(code)),
     }
+}
+
+fn topic_exists<C: ClientContext>(client: &Client<C>, topic: &str) -> KafkaResult<bool> {
+    Ok(partitions_of(client, topic)?.is_some_and(|p| !p.is_empty()))
 }
 
 /// Whether the cluster answers a metadata request within `timeout`.
@@ -153,20 +195,13 @@ where
 {
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let md = consumer.fetch_metadata(Some(&topic), timeout)?;
-        let t = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
+        let partitions = partitions_of(consumer.client(), &topic)?
             .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic))?;
-        if let Some(e) = t.error() {
-            return Err(KafkaError::MetadataFetch(e.into()));
-        }
-        t.partitions()
-            .iter()
+        partitions
+            .into_iter()
             .map(|p| {
-                let (_, high) = consumer.fetch_watermarks(&topic, p.id(), timeout)?;
-                Ok((p.id(), high))
+                let (_, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
+                Ok((p, high))
             })
             .collect()
     })

@@ -88,20 +88,26 @@ impl GroupContext {
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        if tpl.count() == 0 {
+            return;
+        }
         let tps = tps_of(tpl);
         self.tracker.begin_revoke(&tps);
         let lost = consumer.assignment_lost();
+        let running = self.tracker.running(&tps);
+        let start = Instant::now();
         let mut unfinished = 0;
         if !lost && !self.closing.load(Ordering::Relaxed) {
             unfinished = self.tracker.wait_idle(&tps, REVOKE_WAIT);
         }
+        let waited_ms = start.elapsed().as_millis();
         let points = self.tracker.release(&tps);
         if lost {
             warn!(route = %self.route, partitions = ?partitions(&tps), "Partitions lost; their unsettled messages will be processed again by the new owner.");
             return;
         }
         commit(consumer, &self.tracker, &points, CommitMode::Sync);
-        info!(route = %self.route, partitions = ?partitions(&tps), unfinished, "Partitions revoked; settled offsets committed.");
+        info!(route = %self.route, partitions = ?partitions(&tps), running, waited_ms, unfinished, "Partitions revoked; settled offsets committed.");
     }
 }
 
@@ -118,6 +124,7 @@ impl ClientContext for GroupContext {
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
+            Rebalance::Assign(tpl) if tpl.count() == 0 => {}
             Rebalance::Assign(tpl) => {
                 let tps = tps_of(tpl);
                 for tp in &tps {

@@ -305,6 +305,7 @@ impl Broker for KafkaBroker {
         {
             self.topics.ensure(&self.producer, ep).await?;
         }
+        self.topics.require(&self.producer, &route.source).await?;
         let config = consumer_config(&self.name, &self.cfg, route);
         let s = source::KafkaSource::subscribe(&self.name, &self.cfg, route, &config)?;
         Ok(Box::new(s))

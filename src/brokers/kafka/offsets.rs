@@ -210,19 +210,26 @@ impl Tracker {
         }
     }
 
+    /// Messages of `tps` handed to the route and not settled yet.
+    pub fn running(&self, tps: &[Tp]) -> usize {
+        let inner = self.lock();
+        tps.iter()
+            .filter_map(|tp| inner.parts.get(tp))
+            .map(Part::running)
+            .sum()
+    }
+
     /// Waits until no message of `tps` is running, at most `limit`. Returns
     /// how many are still running.
     pub fn wait_idle(&self, tps: &[Tp], limit: Duration) -> usize {
         let deadline = Instant::now() + limit;
-        let running = |inner: &Inner| -> usize {
-            tps.iter()
-                .filter_map(|tp| inner.parts.get(tp))
-                .map(Part::running)
-                .sum()
-        };
         let mut inner = self.lock();
         loop {
-            let left = running(&inner);
+            let left: usize = tps
+                .iter()
+                .filter_map(|tp| inner.parts.get(tp))
+                .map(Part::running)
+                .sum();
             let now = Instant::now();
             if left == 0 || now >= deadline {
                 return left;
