@@ -35,6 +35,9 @@ const POLL: Duration = Duration::from_millis(100);
 pub const REVOKE_WAIT: Duration = Duration::from_secs(10);
 /// How often the lag is sampled.
 const LAG_EVERY: Duration = Duration::from_secs(1);
+/// The most time one lag sample may spend asking the broker for the
+/// watermarks of paused partitions (the poll thread waits meanwhile).
+const LAG_QUERY_BUDGET: Duration = Duration::from_millis(500);
 /// The least time between two errors forwarded to the route.
 const ERROR_EVERY: Duration = Duration::from_secs(1);
 
@@ -370,21 +373,35 @@ impl Poller {
             .set(self.paused.get().saturating_sub(drained.len()));
     }
 
-    /// Lag per partition: the high watermark from the latest fetch minus
-    /// the position, clamped at 0.
+    /// Lag per partition: the high watermark minus the position, clamped
+    /// at 0. The watermark is the one cached from the latest fetch, which is
+    /// exact; a paused partition is not fetched, so for those the broker is
+    /// asked too (ListOffsets, which may trail) and the larger one wins.
     fn sample_lag(&self) {
         let Ok(positions) = self.consumer.position() else {
             return;
         };
-        let route = self.consumer.context().route.clone();
+        let ctx = self.consumer.context();
+        let route = ctx.route.clone();
+        let start = Instant::now();
         let mut total = 0;
         let mut seen = HashSet::new();
         for e in positions.elements() {
             let Offset::Offset(at) = e.offset() else {
                 continue; // nothing read yet
             };
-            let Some(high) = super::admin::cached_high(&self.consumer, e.topic(), e.partition())
-            else {
+            let cached = super::admin::cached_high(&self.consumer, e.topic(), e.partition());
+            let tp = Tp::new(e.topic(), e.partition());
+            let budget = LAG_QUERY_BUDGET.saturating_sub(start.elapsed());
+            let queried = (ctx.tracker.is_paused(&tp) && !budget.is_zero())
+                .then(|| {
+                    self.consumer
+                        .fetch_watermarks(e.topic(), e.partition(), budget)
+                        .ok()
+                })
+                .flatten()
+                .map(|(_, high)| high);
+            let Some(high) = cached.max(queried) else {
                 continue;
             };
             let lag = u64::try_from(high - at).unwrap_or(0);

@@ -297,6 +297,11 @@ impl Tracker {
             .collect()
     }
 
+    /// Whether the partition is paused for a full window.
+    pub fn is_paused(&self, tp: &Tp) -> bool {
+        self.lock().parts.get(tp).is_some_and(|p| p.paused)
+    }
+
     /// Messages polled and waiting in mqfn: the local part of the backlog.
     pub fn queued(&self) -> usize {
         self.lock()
