@@ -17,6 +17,9 @@ use crate::pool::scaler::{Decision, Scaler};
 use crate::route::{Route, Sink, WINDOW_FACTOR};
 use crate::telemetry::{admin, names};
 
+/// How long closing a source or a broker connection may take at shutdown.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why `run` could not start or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -161,7 +164,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         let _ = t.await;
     }
     for b in state.brokers.values() {
-        b.close().await;
+        // A broker that is down cannot flush; do not hang the exit on it.
+        if tokio::time::timeout(CLOSE_TIMEOUT, b.close())
+            .await
+            .is_err()
+        {
+            warn!(broker = %b.name(), "Broker did not close in time; exiting anyway.");
+        }
     }
     let _ = admin_task.await;
     info!("Stopped.");

@@ -92,7 +92,14 @@ retry = {{ max_attempts = 3, initial_backoff = "10ms", max_backoff = "50ms" }}
     /// (or `limit` passed), then drains what else is there. Returns the
     /// messages by id, with how often each came.
     async fn collect(&self, suffix: &str, want: usize, limit: Duration) -> Collected {
-        collect(&self.js, &self.stream, &format!("{}.{suffix}", self.prefix), want, limit).await
+        collect(
+            &self.js,
+            &self.stream,
+            &format!("{}.{suffix}", self.prefix),
+            want,
+            limit,
+        )
+        .await
     }
 
     async fn consumer_info(&self) -> consumer::Info {
@@ -113,7 +120,13 @@ impl Collected {
     }
 }
 
-async fn collect(js: &jetstream::Context, stream: &str, subject: &str, want: usize, limit: Duration) -> Collected {
+async fn collect(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    want: usize,
+    limit: Duration,
+) -> Collected {
     let s = js.get_stream(stream).await.expect("stream");
     let c = s
         .create_consumer(consumer::pull::Config {
@@ -176,7 +189,11 @@ async fn ten_thousand_in_ten_thousand_distinct_out() {
     );
     assert_eq!(got.by_id.len(), 10_000, "every input has a result");
     for (id, (_, msg)) in &got.by_id {
-        assert_eq!(msg.payload, format!("message {id}"), "echo keeps the payload");
+        assert_eq!(
+            msg.payload,
+            format!("message {id}"),
+            "echo keeps the payload"
+        );
     }
     let dlq = f.collect("dlq", 1, Duration::from_millis(300)).await;
     assert_eq!(dlq.total, 0, "nothing was dead-lettered");
@@ -190,16 +207,24 @@ async fn ten_thousand_in_ten_thousand_distinct_out() {
 #[tokio::test]
 async fn permanent_failure_is_dead_lettered_with_headers_and_acked() {
     let f = Fixture::new().await;
-    f.publish(1, |_| "permanent:the order is malformed".to_owned()).await;
+    f.publish(1, |_| "permanent:the order is malformed".to_owned())
+        .await;
     let m = Mqfn::start(&f.config("fail", ""));
     let dlq = f.collect("dlq", 1, LONG).await;
     let (count, msg) = &dlq.by_id["0"];
     assert_eq!(*count, 1);
-    assert_eq!(msg.payload, "permanent:the order is malformed", "original payload");
+    assert_eq!(
+        msg.payload, "permanent:the order is malformed",
+        "original payload"
+    );
     assert_eq!(header(msg, "id"), "0", "original headers kept");
     assert_eq!(header(msg, "mqfn-error"), "the order is malformed");
     assert_eq!(header(msg, "mqfn-error-class"), "permanent");
-    assert_eq!(header(msg, "mqfn-attempts"), "1", "permanent errors are not retried");
+    assert_eq!(
+        header(msg, "mqfn-attempts"),
+        "1",
+        "permanent errors are not retried"
+    );
     assert_eq!(header(msg, "mqfn-route"), "r");
     assert_eq!(header(msg, "mqfn-handler"), "fail");
     assert_eq!(header(msg, "mqfn-source"), format!("js/{}.in/1", f.prefix));
@@ -210,11 +235,20 @@ async fn permanent_failure_is_dead_lettered_with_headers_and_acked() {
         (i.num_ack_pending == 0 && i.num_pending == 0).then_some(())
     })
     .await;
-    assert_eq!(f.collect("out", 1, Duration::from_millis(300)).await.total, 0);
-    let metrics = m.metrics().await;
-    assert_eq!(metric(&metrics, r#"mqfn_dead_letters_total{route="r"}"#), Some(1.0));
     assert_eq!(
-        metric(&metrics, r#"mqfn_messages_settled_total{route="r",outcome="dead_lettered"}"#),
+        f.collect("out", 1, Duration::from_millis(300)).await.total,
+        0
+    );
+    let metrics = m.metrics().await;
+    assert_eq!(
+        metric(&metrics, r#"mqfn_dead_letters_total{route="r"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"mqfn_messages_settled_total{route="r",outcome="dead_lettered"}"#
+        ),
         Some(1.0)
     );
 }
@@ -232,16 +266,29 @@ async fn retryable_failure_succeeds_on_third_attempt() {
         metric(&t, r#"mqfn_messages_settled_total{route="r",outcome="ok"}"#).map(|_| t)
     })
     .await;
-    assert_eq!(metric(&metrics, r#"mqfn_retries_total{route="r"}"#), Some(2.0));
     assert_eq!(
-        metric(&metrics, r#"mqfn_handler_invocations_total{handler="fail",result="retry"}"#),
+        metric(&metrics, r#"mqfn_retries_total{route="r"}"#),
         Some(2.0)
     );
     assert_eq!(
-        metric(&metrics, r#"mqfn_handler_invocations_total{handler="fail",result="ok"}"#),
+        metric(
+            &metrics,
+            r#"mqfn_handler_invocations_total{handler="fail",result="retry"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"mqfn_handler_invocations_total{handler="fail",result="ok"}"#
+        ),
         Some(1.0)
     );
-    assert_eq!(f.collect("dlq", 1, Duration::from_millis(300)).await.total, 0, "no dead letter");
+    assert_eq!(
+        f.collect("dlq", 1, Duration::from_millis(300)).await.total,
+        0,
+        "no dead letter"
+    );
     assert_eq!(out.total, 1, "exactly one result");
 }
 
@@ -263,7 +310,11 @@ async fn unconfirmed_output_leaves_the_input_unacked_until_it_can_be_published()
     })
     .await;
     let t = m.metrics().await;
-    assert_eq!(metric(&t, r#"mqfn_messages_settled_total{route="r",outcome="ok"}"#), None, "nothing acked");
+    assert_eq!(
+        metric(&t, r#"mqfn_messages_settled_total{route="r",outcome="ok"}"#),
+        None,
+        "nothing acked"
+    );
     let info = eventually(LONG, "the broker to redeliver", || async {
         let i = f.consumer_info().await;
         (i.num_redelivered > 0).then_some(i)
@@ -281,7 +332,11 @@ async fn unconfirmed_output_leaves_the_input_unacked_until_it_can_be_published()
     .expect("create output stream");
     let got = collect(&f.js, &out_stream, &format!("{orphan}.out"), 20, LONG).await;
     assert_eq!(got.by_id.len(), 20, "none lost");
-    println!("after the stream appeared: {} results, {} duplicates", got.by_id.len(), got.duplicates());
+    println!(
+        "after the stream appeared: {} results, {} duplicates",
+        got.by_id.len(),
+        got.duplicates()
+    );
 }
 
 #[tokio::test]
@@ -289,9 +344,10 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     let f = Fixture::new().await;
     const N: usize = 400;
     f.publish(N, |_| "sleep:50".to_owned()).await;
-    let cfg = f
-        .config("fail", "")
-        .replace("workers = { min = 4, max = 16 }", "workers = { min = 8, max = 8 }");
+    let cfg = f.config("fail", "").replace(
+        "workers = { min = 4, max = 16 }",
+        "workers = { min = 8, max = 8 }",
+    );
     let mut m = Mqfn::start(&cfg);
     eventually(LONG, "work under way", || async {
         let s = m.status().await;
@@ -300,17 +356,38 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     .await;
     m.signal("TERM");
     let status = m.wait_exit(LONG);
-    assert!(status.success(), "exit status {status:?}; log:\n{}", m.log_text());
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        m.log_text()
+    );
     let log = m.log_text();
-    assert!(log.contains("Draining.") && log.contains("Drained."), "{log}");
-    assert!(!log.contains("Shutdown timeout reached"), "drained within the timeout");
-    let first_run = f.collect("out", N, Duration::from_secs(1)).await.by_id.len();
+    assert!(
+        log.contains("Draining.") && log.contains("Drained."),
+        "{log}"
+    );
+    assert!(
+        !log.contains("Shutdown timeout reached"),
+        "drained within the timeout"
+    );
+    let first_run = f
+        .collect("out", N, Duration::from_secs(1))
+        .await
+        .by_id
+        .len();
     println!("results after the first run: {first_run}");
-    assert!(first_run > 0 && first_run < N, "stopped mid-run ({first_run} of {N})");
+    assert!(
+        first_run > 0 && first_run < N,
+        "stopped mid-run ({first_run} of {N})"
+    );
     // Count after a restart: everything arrives, nothing lost.
     m.spawn();
     let got = f.collect("out", N, LONG).await;
-    println!("after restart: {} distinct, {} duplicates", got.by_id.len(), got.duplicates());
+    println!(
+        "after restart: {} distinct, {} duplicates",
+        got.by_id.len(),
+        got.duplicates()
+    );
     assert_eq!(got.by_id.len(), N);
 }
 
@@ -337,27 +414,84 @@ handler = "tag"
     let m = Mqfn::start(&cfg);
     m.wait_ready(LONG).await;
     let config = m.config.to_str().unwrap().to_owned();
-    let run = |args: Vec<String>| tokio::task::spawn_blocking(move || cli(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
     let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
 
-    let out = run(s(&["invoke", "--config", &config, "r", "hello", "--timeout", "60s"])).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(s(&[
+        "invoke",
+        "--config",
+        &config,
+        "r",
+        "hello",
+        "--timeout",
+        "60s",
+    ]))
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
 
-    let out = run(s(&["invoke", "--config", &config, "rpc", r#"{"a":1}"#, "--timeout", "60s"])).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"a\":1,\"seen\":true}\n");
+    let out = run(s(&[
+        "invoke",
+        "--config",
+        &config,
+        "rpc",
+        r#"{"a":1}"#,
+        "--timeout",
+        "60s",
+    ]))
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"a\":1,\"seen\":true}\n"
+    );
 
-    let out = run(s(&["call", "--config", &config, "tag", r#"{"b":2}"#])).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"b\":2,\"seen\":true}\n");
+    let out = run(s(&["call", "--config", &config, "tag", r#"{"b":2}"#]))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"b\":2,\"seen\":true}\n"
+    );
 
-    let out = run(s(&["call", "--config", &config, "fail", "permanent:no way"])).await.unwrap();
+    let out = run(s(&[
+        "call",
+        "--config",
+        &config,
+        "fail",
+        "permanent:no way",
+    ]))
+    .await
+    .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("permanent error after 1 attempt(s): no way"), "{err}");
+    assert!(
+        err.contains("permanent error after 1 attempt(s): no way"),
+        "{err}"
+    );
 
-    let out = run(s(&["call", "--config", &config, "tag", "not json"])).await.unwrap();
+    let out = run(s(&["call", "--config", &config, "tag", "not json"]))
+        .await
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
 }
@@ -404,7 +538,13 @@ impl Drop for PrivateNats {
 
 #[tokio::test]
 async fn connection_loss_reports_not_ready_and_recovers() {
-    std::env::set_var("PATH", format!("{}:/usr/sbin:/usr/local/sbin", std::env::var("PATH").unwrap_or_default()));
+    std::env::set_var(
+        "PATH",
+        format!(
+            "{}:/usr/sbin:/usr/local/sbin",
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    );
     let port = free_port();
     let store = tempfile::tempdir().unwrap();
     let url = format!("nats://127.0.0.1:{port}");
@@ -428,7 +568,10 @@ dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
     );
     // mqfn starts while the server is down: alive, not ready.
     let mut m = Mqfn::start(&cfg);
-    eventually(LONG, "the admin listener", || async { m.get("/healthz").await.map(|_| ()) }).await;
+    eventually(LONG, "the admin listener", || async {
+        m.get("/healthz").await.map(|_| ())
+    })
+    .await;
     let (code, body) = m.get("/readyz").await.unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("broker js is down"), "{body}");
@@ -441,7 +584,10 @@ dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
         matches!(m.get("/readyz").await, Some((503, _))).then_some(())
     })
     .await;
-    assert!(m.is_running() && m.get("/healthz").await.is_some(), "still alive");
+    assert!(
+        m.is_running() && m.get("/healthz").await.is_some(),
+        "still alive"
+    );
 
     server.restart();
     m.wait_ready(LONG).await;
@@ -454,6 +600,9 @@ dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
     let got = f.collect("out", 10, LONG).await;
     assert_eq!(got.by_id.len(), 10, "messages flow after the reconnect");
     let log = m.log_text();
-    assert!(log.contains("Disconnected from NATS"), "the outage is logged");
+    assert!(
+        log.contains("Disconnected from NATS"),
+        "the outage is logged"
+    );
     assert!(m.is_running(), "mqfn survived the outage");
 }

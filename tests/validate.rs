@@ -54,7 +54,11 @@ fn shipped_configs_pass() {
     for f in ["config/nats.toml", "config/compose.toml"] {
         let path = format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
         let out = cli(&["validate", "--config", &path]);
-        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -138,7 +142,11 @@ fn missing_env_var_names_the_variable() {
 #[test]
 fn missing_dead_letter_on_at_least_once_source() {
     let text = GOOD.replace("dead_letter = { broker = \"js\", subject = \"dlq\" }\n", "");
-    refused(&text, "routes[0].dead_letter", &["missing", "dead_letter = {"]);
+    refused(
+        &text,
+        "routes[0].dead_letter",
+        &["missing", "dead_letter = {"],
+    );
 }
 
 #[test]
@@ -148,7 +156,10 @@ fn every_error_is_reported_not_just_the_first() {
         .replace("output = { broker = \"js\"", "output = { broker = \"x\"");
     let (ok, err, _) = validate(&text);
     assert!(!ok);
-    assert!(err.contains("routes[0].handler") && err.contains("routes[0].output.broker"), "{err}");
+    assert!(
+        err.contains("routes[0].handler") && err.contains("routes[0].output.broker"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -160,7 +160,12 @@ impl Route {
                 "Shutdown timeout reached; unfinished messages will be redelivered by the broker."
             );
         }
-        source.close().await;
+        if tokio::time::timeout(crate::app::CLOSE_TIMEOUT, source.close())
+            .await
+            .is_err()
+        {
+            warn!(route = %self.name, "The source did not close in time.");
+        }
         info!(route = %self.name, "Drained.");
     }
 
