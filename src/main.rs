@@ -53,6 +53,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(args) => cli::call::run(&cfg, &args)
             .await
             .map_err(anyhow::Error::msg)?,
+        Command::Dlq(args) => cli::dlq::run(&cfg, &args)
+            .await
+            .map_err(anyhow::Error::msg)?,
         Command::Status(args) => cli::status::run(&cfg, &args)
             .await
             .map_err(anyhow::Error::msg)?,

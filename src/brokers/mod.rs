@@ -49,6 +49,12 @@ pub enum BrokerError {
         /// Why.
         message: String,
     },
+    /// Nothing is left to take (`Broker::take` sources end with this).
+    #[error("broker {broker}: nothing left")]
+    Drained {
+        /// The broker's config name.
+        broker: String,
+    },
     /// The broker cannot do this (e.g. request/reply on Kafka).
     #[error("broker {broker}: {message}")]
     Unsupported {
@@ -152,8 +158,32 @@ pub trait Broker: Send + Sync {
     async fn tap(&self, at: &Endpoint) -> Result<BoxStream<'static, Message>, BrokerError>;
     /// A fresh reply address and the stream of replies sent to it.
     async fn inbox(&self) -> Result<(String, BoxStream<'static, Message>), BrokerError>;
+    /// Reads up to `limit` messages at `at` without consuming them, oldest
+    /// first (for `mqfn dlq list`).
+    async fn browse(&self, at: &Endpoint, limit: usize) -> Result<Vec<Message>, BrokerError> {
+        let _ = (at, limit);
+        Err(self.unsupported("browsing"))
+    }
+    /// A source over the messages at `at` whose `ack` removes a message for
+    /// good and whose `nack` leaves it (for `mqfn dlq redrive`). It ends
+    /// with [`BrokerError::Drained`] once nothing is left.
+    async fn take(&self, at: &Endpoint) -> Result<Box<dyn Source>, BrokerError> {
+        let _ = at;
+        Err(self.unsupported("taking dead letters"))
+    }
     /// Flushes pending publishes and acks, then disconnects.
     async fn close(&self);
+
+    /// The error for an operation this broker does not offer.
+    fn unsupported(&self, what: &str) -> BrokerError {
+        BrokerError::Unsupported {
+            broker: self.name().to_owned(),
+            message: format!(
+                "{what} is not supported on {} brokers",
+                self.kind().as_str()
+            ),
+        }
+    }
 }
 
 /// Connects to the broker `name`. `wait` says whether to wait for the first

@@ -1,6 +1,7 @@
 //! NATS: core subjects (at-most-once, queue groups) and JetStream (durable
 //! pull consumers, PubAck-confirmed publishes).
 
+mod dlq;
 mod sink;
 mod source;
 
@@ -199,6 +200,22 @@ impl Broker for NatsBroker {
         };
         let stream = self.tap(&at).await?;
         Ok((inbox, stream))
+    }
+
+    async fn browse(&self, at: &Endpoint, limit: usize) -> Result<Vec<Message>, BrokerError> {
+        dlq::browse(
+            &self.name,
+            &self.js,
+            at.address().unwrap_or_default(),
+            limit,
+        )
+        .await
+    }
+
+    async fn take(&self, at: &Endpoint) -> Result<Box<dyn Source>, BrokerError> {
+        let s =
+            dlq::TakeSource::open(&self.name, &self.js, at.address().unwrap_or_default()).await?;
+        Ok(Box::new(s))
     }
 
     async fn close(&self) {
