@@ -19,7 +19,10 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One problem per line (config errors list every problem found).
+            for line in e.to_string().lines() {
+                eprintln!("error: {line}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -402,3 +402,64 @@ async fn a_poison_message_reaches_the_dead_letter_across_restarts() {
         "attempts counted across restarts"
     );
 }
+
+#[tokio::test]
+async fn hostile_input_is_dead_lettered_with_the_reason() {
+    let bed = Bed::new(&nats_url()).await;
+    let top = "[handlers.tag]\nkind = \"builtin\"\nbuiltin = \"json-transform\"\noptions = { set = { ok = true } }\n";
+    let cfg = bed.config("tag", "max_message_bytes = 1000", top);
+    let subject = format!("{}.in", bed.p);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "oversized",
+            format!("{{\"pad\":\"{}\"}}", "z".repeat(2000)).into_bytes(),
+        ),
+        ("not-utf8", vec![0xff, 0xfe, 0x00, 0x7b]),
+        ("malformed", b"{\"unterminated\": ".to_vec()),
+        ("not-object", b"[1,2,3]".to_vec()),
+        ("good", b"{\"a\":1}".to_vec()),
+    ];
+    for (id, body) in &cases {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("id", *id);
+        bed.js
+            .publish_with_headers(subject.clone(), h, body.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let _m = Mqfn::start(&cfg);
+    eventually(LONG, "four dead letters and one result", || async {
+        let (d, o) = (bed.ids("dlq").await, bed.ids("out").await);
+        (d.len() == 4 && o.len() == 1).then_some(())
+    })
+    .await;
+    let stream = bed.js.get_stream(&bed.s).await.unwrap();
+    let mut reasons = BTreeMap::new();
+    for seq in 1..=20u64 {
+        if let Ok(raw) = stream.get_raw_message(seq).await {
+            if raw.subject.as_str().ends_with(".dlq") {
+                let h = raw.headers;
+                let id = h.get("id").unwrap().to_string();
+                let original = cases.iter().find(|(c, _)| *c == id).unwrap().1.clone();
+                assert_eq!(
+                    raw.payload.to_vec(),
+                    original,
+                    "{id}: the original payload, byte for byte"
+                );
+                assert_eq!(
+                    h.get("mqfn-error-class").unwrap().to_string(),
+                    "permanent",
+                    "{id}"
+                );
+                reasons.insert(id, h.get("mqfn-error").unwrap().to_string());
+            }
+        }
+    }
+    println!("{reasons:#?}");
+    assert!(reasons["oversized"].contains("larger than max_message_bytes (1000)"));
+    assert!(reasons["not-utf8"].contains("not valid JSON"));
+    assert!(reasons["malformed"].contains("not valid JSON"));
+    assert!(reasons["not-object"].contains("not an object"));
+}

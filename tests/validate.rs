@@ -34,13 +34,13 @@ fn validate(text: &str) -> (bool, String, String) {
 fn refused(text: &str, key: &str, needles: &[&str]) {
     let (ok, err, file) = validate(text);
     assert!(!ok, "accepted a bad config:\n{text}");
-    let line = err
-        .lines()
-        .find(|l| l.contains(&format!("{file}: {key}: ")))
-        .unwrap_or_else(|| panic!("no error for key {key:?} in:\n{err}"));
-    for n in needles {
-        assert!(line.contains(n), "{line:?} lacks {n:?}");
-    }
+    let prefix = format!("{file}: {key}: ");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("error: {prefix}"))
+                && needles.iter().all(|n| l.contains(n))),
+        "no line `{prefix}...` containing {needles:?} in:\n{err}"
+    );
 }
 
 #[test]
@@ -167,4 +167,18 @@ fn syntax_errors_name_the_line() {
     let (ok, err, file) = validate("[brokers.js\nkind = 1");
     assert!(!ok);
     assert!(err.contains(&file) && err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn auth_and_tls_files_are_checked_at_load() {
+    let text = GOOD.replace(
+        "url = \"nats://127.0.0.1:4222\"",
+        "url = \"tls://127.0.0.1:4222\"\ncredentials_file = \"/no/such.creds\"\ntls_cert_file = \"/no/cert.pem\"",
+    );
+    refused(
+        &text,
+        "brokers.js.credentials_file",
+        &["cannot read \"/no/such.creds\""],
+    );
+    refused(&text, "brokers.js.tls_cert_file", &["go together"]);
 }

@@ -52,6 +52,27 @@ impl Validator<'_> {
             let key = format!("brokers.{name}");
             match b {
                 BrokerConfig::Nats(n) => {
+                    for (field, path) in [
+                        ("credentials_file", &n.credentials_file),
+                        ("nkey_file", &n.nkey_file),
+                        ("tls_ca_file", &n.tls_ca_file),
+                        ("tls_cert_file", &n.tls_cert_file),
+                        ("tls_key_file", &n.tls_key_file),
+                    ] {
+                        self.readable(&format!("{key}.{field}"), path.as_deref());
+                    }
+                    if n.tls_cert_file.is_some() != n.tls_key_file.is_some() {
+                        self.err(
+                            format!("{key}.tls_cert_file"),
+                            "tls_cert_file and tls_key_file go together: give both for mutual TLS, or neither",
+                        );
+                    }
+                    if n.credentials_file.is_some() && n.nkey_file.is_some() {
+                        self.err(
+                            format!("{key}.nkey_file"),
+                            "give credentials_file or nkey_file, not both (a .creds file already holds the nkey)",
+                        );
+                    }
                     for (i, u) in n.url.split(',').enumerate() {
                         self.url(
                             &format!("{key}.url"),
@@ -119,6 +140,15 @@ impl Validator<'_> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Checks that a configured file can be read.
+    fn readable(&mut self, key: &str, path: Option<&str>) {
+        if let Some(p) = path {
+            if let Err(e) = std::fs::File::open(p) {
+                self.err(key, format!("cannot read {p:?}: {e}; check the path (relative paths start at the working directory)"));
             }
         }
     }
