@@ -142,6 +142,18 @@ impl Config {
             .ok_or_else(|| ConfigErrors::one(ConfigError::NotFound))
     }
 
+    /// The entry point of the `config` fuzz target: parse and validate, and
+    /// check that every error message names the file.
+    #[doc(hidden)]
+    pub fn fuzz_load(text: &str) {
+        let file = Path::new("fuzz.toml");
+        if let Err(errors) = Self::from_str(text, file) {
+            for e in errors.0 {
+                assert!(e.to_string().starts_with("fuzz.toml: "), "{e}");
+            }
+        }
+    }
+
     /// The route called `name`.
     pub fn route(&self, name: &str) -> Option<&RouteConfig> {
         self.routes.iter().find(|r| r.name == name)
