@@ -15,8 +15,19 @@ use crate::config::WorkersConfig;
 /// One scaling decision with its inputs, as logged and shown in `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
+    /// The scaler's tick (scale interval) number, counted from 1.
+    #[serde(default)]
+    pub tick: u64,
     /// Backlog seen (broker + local).
     pub backlog: u64,
+    /// Consecutive ticks, this one included, that saw a non-zero backlog:
+    /// how many scale intervals the pressure has lasted.
+    #[serde(default)]
+    pub backlog_ticks: u32,
+    /// Workers running an invocation when the decision was taken (filled
+    /// in by the caller; scale-in waits for them).
+    #[serde(default)]
+    pub busy: usize,
     /// Workers before.
     pub current: usize,
     /// What the formula asks for.
@@ -32,6 +43,8 @@ pub struct Scaler {
     current: usize,
     last_change: Instant,
     zero_since: Option<Instant>,
+    ticks: u64,
+    backlog_ticks: u32,
 }
 
 impl Scaler {
@@ -42,6 +55,8 @@ impl Scaler {
             cfg,
             last_change: now,
             zero_since: Some(now),
+            ticks: 0,
+            backlog_ticks: 0,
         }
     }
 
@@ -60,10 +75,13 @@ impl Scaler {
 
     /// Looks at the backlog and decides the next size.
     pub fn tick(&mut self, backlog: u64, now: Instant) -> Decision {
+        self.ticks += 1;
         if backlog == 0 {
             self.zero_since.get_or_insert(now);
+            self.backlog_ticks = 0;
         } else {
             self.zero_since = None;
+            self.backlog_ticks = self.backlog_ticks.saturating_add(1);
         }
         let desired = self.desired(backlog);
         let current = self.current;
@@ -89,7 +107,10 @@ impl Scaler {
             self.current = next;
         }
         Decision {
+            tick: self.ticks,
             backlog,
+            backlog_ticks: self.backlog_ticks,
+            busy: 0,
             current,
             desired,
             next,
