@@ -397,3 +397,170 @@ impl Handler for ProcessHandler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flaky(timeout: Duration, idle: Duration) -> ProcessHandler {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/handlers/examples/flaky.py");
+        let cfg = ProcessConfig {
+            command: vec!["python3".into(), script.into()],
+            args: vec![],
+            env: crate::config::DEFAULT_PROCESS_ENV
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            cwd: None,
+            timeout,
+            max_instances: 2,
+            idle_timeout: idle,
+        };
+        ProcessHandler::new("flaky", &cfg)
+    }
+
+    fn msg(payload: &str) -> Message {
+        let mut m = Message::new(payload.to_owned());
+        m.headers.append("h", "v");
+        m
+    }
+
+    #[tokio::test]
+    async fn instances_are_reused_and_broken_ones_replaced() {
+        let h = flaky(Duration::from_secs(10), Duration::from_secs(60));
+        for i in 0..5 {
+            let out = h.call(&msg(&format!("hello {i}"))).await.unwrap();
+            assert_eq!(out[0].payload, format!("hello {i}"));
+        }
+        let c = h.instances().counts();
+        assert_eq!((c.cold_starts, c.warm_starts, c.live), (1, 4, 1), "{c:?}");
+
+        let exit = h.call(&msg("exit")).await.unwrap_err();
+        assert!(matches!(exit, HandlerError::Crashed { .. }), "{exit:?}");
+        assert!(exit.to_string().contains("exited"), "{exit}");
+        let garbage = h.call(&msg("garbage")).await.unwrap_err();
+        assert!(
+            matches!(garbage, HandlerError::Crashed { .. }),
+            "{garbage:?}"
+        );
+        assert_eq!(
+            h.instances().counts().live,
+            0,
+            "broken instances are discarded"
+        );
+
+        assert_eq!(h.call(&msg("again")).await.unwrap()[0].payload, "again");
+        let perm = h.call(&msg("permanent")).await.unwrap_err();
+        assert!(!perm.is_retryable());
+        let retry = h.call(&msg("retry")).await.unwrap_err();
+        assert!(matches!(retry, HandlerError::Retryable { .. }));
+        let c = h.instances().counts();
+        assert_eq!((c.cold_starts, c.live), (3, 1), "{c:?}");
+        h.instances().close().await;
+        assert_eq!(h.instances().counts().live, 0);
+    }
+
+    #[tokio::test]
+    async fn a_process_past_its_deadline_is_killed_and_replaced() {
+        let h = flaky(Duration::from_secs(2), Duration::from_secs(60));
+        let err = h.call(&msg("sleep:30")).await.unwrap_err();
+        assert!(
+            err.is_retryable() && err.to_string().contains("killed"),
+            "{err}"
+        );
+        assert_eq!(h.instances().counts().live, 0);
+        assert_eq!(h.call(&msg("ok")).await.unwrap()[0].payload, "ok");
+        assert_eq!(h.instances().counts().cold_starts, 2);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_call_discards_the_instance() {
+        let h = flaky(Duration::from_secs(30), Duration::from_secs(60));
+        let m = msg("sleep:30");
+        let call = h.call(&m);
+        assert!(tokio::time::timeout(Duration::from_millis(500), call)
+            .await
+            .is_err());
+        let c = h.instances().counts();
+        assert_eq!((c.live, c.busy), (0, 0), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn idle_instances_are_reaped_and_parking_stops_them_all() {
+        let h = flaky(Duration::from_secs(10), Duration::from_millis(200));
+        h.call(&msg("a")).await.unwrap();
+        assert_eq!(h.instances().counts().live, 1);
+        let gone = tokio::time::timeout(Duration::from_secs(10), async {
+            while h.instances().counts().live > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(gone.is_ok(), "the reaper stops idle instances");
+
+        let h = flaky(Duration::from_secs(10), Duration::from_secs(600));
+        let i = h.instances();
+        i.attach();
+        h.call(&msg("a")).await.unwrap();
+        assert_eq!(i.reap().await, 0, "not idle for long enough");
+        i.park(true);
+        assert_eq!(i.reap().await, 1, "scaled to zero: stopped");
+        i.park(false);
+        h.call(&msg("b")).await.unwrap();
+        assert_eq!(i.counts().cold_starts, 2, "activation is a cold start");
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_crash_not_a_hang() {
+        let cfg = ProcessConfig {
+            command: vec!["/no/such/program".into()],
+            args: vec![],
+            env: vec![],
+            cwd: None,
+            timeout: Duration::from_secs(5),
+            max_instances: 1,
+            idle_timeout: Duration::from_secs(5),
+        };
+        let h = ProcessHandler::new("missing", &cfg);
+        let err = h.call(&Message::new("x")).await.unwrap_err();
+        assert!(matches!(err, HandlerError::Crashed { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn only_allowlisted_variables_reach_the_process() {
+        std::env::set_var("MQFN_TEST_SECRET", "s3cret");
+        std::env::set_var("MQFN_TEST_SHOWN", "shown");
+        let cfg = ProcessConfig {
+            command: vec![
+                "python3".into(),
+                "-c".into(),
+                "import os,sys; print(sorted(k for k in os.environ if k.startswith('MQFN_TEST')), file=sys.stderr); sys.exit(3)".into(),
+            ],
+            args: vec![],
+            env: vec!["PATH".into(), "MQFN_TEST_SHOWN".into()],
+            cwd: None,
+            timeout: Duration::from_secs(5),
+            max_instances: 1,
+            idle_timeout: Duration::from_secs(5),
+        };
+        let spawner = ProcessSpawner::new("env", &cfg);
+        let names: Vec<_> = spawner.env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["PATH", "MQFN_TEST_SHOWN"]);
+    }
+
+    #[tokio::test]
+    async fn long_stderr_lines_are_split() {
+        let data = vec![b'x'; 20_000];
+        let mut r = BufReader::new(&data[..]);
+        let mut line = Vec::new();
+        assert_eq!(
+            read_line_bounded(&mut r, &mut line, 8192).await.unwrap(),
+            8192
+        );
+        line.clear();
+        let data = b"a\nb";
+        let mut r = BufReader::new(&data[..]);
+        assert_eq!(read_line_bounded(&mut r, &mut line, 8192).await.unwrap(), 2);
+        assert_eq!(line, b"a\n");
+    }
+}
