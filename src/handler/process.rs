@@ -31,9 +31,6 @@ pub const MAX_OUTPUT_BYTES: usize = 64 << 20;
 const MAX_LOG_LINE: usize = 8 << 10;
 /// How long a stopped process may take to exit after its stdin closes.
 const STOP_GRACE: Duration = Duration::from_secs(2);
-/// The handler's own deadline runs this much past the route's, so that the
-/// route's time limit (which drops the call) normally fires first.
-const DEADLINE_GRACE: Duration = Duration::from_millis(20);
 
 /// Why one request/response exchange failed. Every kind discards the
 /// instance.
@@ -346,14 +343,24 @@ impl ProcessHandler {
 #[async_trait]
 impl Handler for ProcessHandler {
     async fn call(&self, msg: &Message) -> Result<Vec<Output>, HandlerError> {
-        let deadline = msg
-            .deadline
-            .unwrap_or_else(|| Instant::now() + self.timeout);
         let mut lease = self.pool.get().await?;
         let id = lease.id();
-        let limit = tokio::time::Instant::from_std(deadline + DEADLINE_GRACE);
+        // Under a route, the route's time limit drops this future at the
+        // deadline, and dropping the unfinished lease kills the process.
+        // Called directly, the handler's own timeout does the same.
+        let (deadline, own_limit) = match msg.deadline {
+            Some(d) => (d, None),
+            None => {
+                let d = Instant::now() + self.timeout;
+                (d, Some(tokio::time::Instant::from_std(d)))
+            }
+        };
         let exchange = lease.instance().exchange(msg, deadline);
-        let (resp, payloads) = match tokio::time::timeout_at(limit, exchange).await {
+        let result = match own_limit {
+            Some(limit) => tokio::time::timeout_at(limit, exchange).await,
+            None => Ok(exchange.await),
+        };
+        let (resp, payloads) = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 warn!(handler = %self.name, instance = id, error = %e, "Instance failed; it is replaced and the message retried.");

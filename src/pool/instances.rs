@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
 use mqfn_handlers::HandlerError;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::telemetry::names;
 
@@ -349,7 +349,7 @@ impl<S: Spawn> Drop for Lease<S> {
                 drop(obj); // back to the pool
             } else {
                 let tracked = Object::take(obj);
-                info!(handler = %self.stats.handler, instance = tracked.id, "Instance discarded.");
+                warn!(handler = %self.stats.handler, instance = tracked.id, "Request did not finish cleanly (crash, protocol error or time limit); instance discarded.");
                 drop(tracked); // stops it (e.g. kill_on_drop)
             }
         }
