@@ -377,6 +377,15 @@ retry = { max_attempts = 3, initial_backoff = "10ms", max_backoff = "100ms" }"#;
         (out.lock().unwrap().len() == 100).then_some(())
     })
     .await;
+    let log = m.log_text();
+    let stderr_line = log
+        .lines()
+        .find(|l| l.contains("flaky: exiting with status 1"))
+        .expect("the handler's stderr is in mqfn's log");
+    assert!(
+        stderr_line.contains("flaky") && stderr_line.contains("instance"),
+        "tagged with handler and instance: {stderr_line}"
+    );
     let metrics = m.metrics().await;
     let timeouts = metric(
         &metrics,
@@ -590,4 +599,61 @@ def run(payload, ctx):
         0.0,
         "nothing was interrupted and retried"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_stops_every_process_instance() {
+    let s = Stream::new().await;
+    // A private copy of the handler, so that its processes can be found.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("noop_copy.py");
+    let text = std::fs::read_to_string(format!("{EXAMPLES}/noop.py")).unwrap();
+    std::fs::write(
+        &script,
+        text.replace("\"..\", \"sdk\"", &format!("{SDK:?}")),
+    )
+    .unwrap();
+    let handlers = format!(
+        "[handlers.copy]\nkind = \"process\"\ncommand = [\"python3\", \"{}\"]\nmax_instances = 3\n",
+        script.display()
+    );
+    let mut m = Mqfn::start(&s.config(
+        &handlers,
+        &route("stop", "copy", "workers = { min = 3, max = 3 }"),
+    ));
+    m.wait_ready(LONG).await;
+    s.publish("stop.in", (0..30).map(|i| format!("m{i}"))).await;
+    wait_for(&m, "stop", "/succeeded", 30).await;
+    let running = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &script.display().to_string()])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert!(running() >= 1, "instances are running");
+    m.signal("TERM");
+    let status = m.wait_exit(LONG);
+    assert!(status.success(), "mqfn run exits 0 on SIGTERM: {status:?}");
+    assert_eq!(running(), 0, "no handler process outlives mqfn");
+}
+
+#[test]
+fn every_shipped_config_validates() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = common::cli(&["validate", "--config", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "config/ has the example configs");
 }

@@ -178,6 +178,55 @@ mod tests {
         assert_eq!(s.tick(250, Instant::now()).next, 3, "activation");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn decisions_count_the_ticks_under_pressure_and_new_work_stops_the_descent() {
+        let mut s = Scaler::new(cfg(1, 8), Instant::now());
+        let d = s.tick(0, Instant::now());
+        assert_eq!((d.tick, d.backlog_ticks, d.next), (1, 0, 1));
+        let d = s.tick(5_000, Instant::now());
+        assert_eq!(
+            (d.tick, d.backlog_ticks, d.next),
+            (2, 1, 8),
+            "max at the first tick under pressure"
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(s.tick(0, Instant::now()).next, 7);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(s.tick(0, Instant::now()).next, 6);
+        let d = s.tick(800, Instant::now());
+        assert_eq!((d.backlog_ticks, d.next), (1, 8), "back up at once");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(
+            s.tick(0, Instant::now()).next,
+            8,
+            "the cooldown restarts after a scale-up"
+        );
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_secs(60)).await;
+            s.tick(0, Instant::now());
+        }
+        assert_eq!(s.current(), 1, "back to min after the cooldowns");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn min_zero_without_idle_timeout_stays_at_one() {
+        let mut s = Scaler::new(cfg(0, 4), Instant::now());
+        assert_eq!(s.tick(400, Instant::now()).next, 4);
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_secs(60)).await;
+            s.tick(0, Instant::now());
+        }
+        assert_eq!(s.current(), 1, "one worker stays until idle_timeout passes");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            s.tick(0, Instant::now()).next,
+            1,
+            "the backlog has been zero for 240s only"
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(s.tick(0, Instant::now()).next, 0, "zero for 300s: to zero");
+    }
+
     #[test]
     fn desired_follows_the_formula() {
         let s = Scaler::new(cfg(2, 10), Instant::now());
