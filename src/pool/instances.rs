@@ -185,6 +185,8 @@ impl<S: Spawn> InstancePool<S> {
         };
         let pool = managed::Pool::builder(manager)
             .max_size(max.max(1))
+            // Most recently used first: surplus instances go idle and are reaped.
+            .queue_mode(managed::QueueMode::Lifo)
             .build()
             .expect("no timeouts are set, so no runtime is needed");
         let this = Arc::new(Self {
