@@ -193,6 +193,7 @@ async fn a_backlog_scales_workers_to_max_within_two_intervals_then_back_to_min()
             .find(|d| d["next"] == max)
     })
     .await;
+    eprintln!("scale-up decision: {first_max}");
     assert_eq!(first_max["current"], 1, "straight from min: {first_max}");
     let ticks = first_max["backlog_ticks"].as_u64().unwrap();
     assert!(
@@ -290,12 +291,19 @@ max_instances = 4
     let node_out = s.collect("node.out").await;
 
     let n = 1_000;
+    let start = Instant::now();
     tokio::join!(
         s.publish("py.in", (0..n).map(|i| format!("py {i}"))),
         s.publish("node.in", (0..n).map(|i| format!("n,sq\n{i},{}\n", i * i))),
     );
     wait_for(&m, "py", "/succeeded", n).await;
     wait_for(&m, "node", "/succeeded", n).await;
+    // A figure for the log, not an assertion.
+    eprintln!(
+        "{} messages through python and node handlers in {:?}",
+        2 * n,
+        start.elapsed()
+    );
     eventually(LONG, "every output", || async {
         (py_out.lock().unwrap().len() == n as usize && node_out.lock().unwrap().len() == n as usize)
             .then_some(())
