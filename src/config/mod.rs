@@ -25,7 +25,7 @@ pub use broker::{
     NatsConfig, NatsStream,
 };
 pub use error::{ConfigError, ConfigErrors};
-pub use handler::{BuiltinConfig, HandlerConfig};
+pub use handler::{BuiltinConfig, HandlerConfig, HttpConfig, ProcessConfig, DEFAULT_PROCESS_ENV};
 pub use route::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig, TopicCreate, WorkersConfig};
 
 /// The default config locations, tried in order when `--config` is absent.
