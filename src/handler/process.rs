@@ -311,6 +311,31 @@ async fn read_frame<R: AsyncRead + Unpin>(
     Ok(buf.into())
 }
 
+/// The entry point of the `frame` fuzz target: decodes a response (header
+/// frame, JSON header, one payload frame per output) from raw bytes, as
+/// `exchange` reads it from a process. Any input must give a response or
+/// an error, never a panic or an unbounded allocation.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) {
+    futures::executor::block_on(async {
+        let mut r = data;
+        let Ok(head) = read_frame(&mut r, MAX_HEADER_BYTES, "response header").await else {
+            return;
+        };
+        let Ok(resp) = serde_json::from_slice::<ResponseHeader>(&head) else {
+            return;
+        };
+        for _ in &resp.outputs {
+            if read_frame(&mut r, MAX_OUTPUT_BYTES, "output payload")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+}
+
 fn snippet(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]);
     format!("{text:?}")
