@@ -190,7 +190,13 @@ async fn supervise(
                 }
                 failures += 1;
                 warn!(broker = %link.broker, error = %e, "Cannot connect to AMQP yet; retrying.");
-                *link.last_error.lock().expect("last error lock") = e.to_string();
+                let why = match &e {
+                    BrokerError::Connect { message, .. } | BrokerError::Setup { message, .. } => {
+                        message.clone()
+                    }
+                    other => other.to_string(),
+                };
+                *link.last_error.lock().expect("last error lock") = why;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(reconnect_delay(failures)) => {}

@@ -149,6 +149,7 @@ impl AmqpSource {
             // The original comes again: a duplicate, never a loss.
             warn!(route = %self.route, error = %e, "Could not ack a re-queued message.");
         }
+        debug!(route = %self.route, attempt = n, "Re-queued a redelivered message with its delivery count.");
         true
     }
 }
