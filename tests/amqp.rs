@@ -649,8 +649,7 @@ workers = {{ min = 3, max = 3 }}
     let r = Rabbit::connect(&amqp_url()).await;
     r.publish_all(&input, (0..N).map(|_| ("sleep:300".to_owned(), Vec::new())))
         .await;
-    let mut max_seen = 0;
-    let mut samples = 0;
+    let (mut max_seen, mut max_backlog, mut samples) = (0, 0, 0);
     let start = Instant::now();
     while (r.count(&output).await as usize) < N {
         assert!(start.elapsed() < LONG, "the slow route never finished");
@@ -670,10 +669,21 @@ workers = {{ min = 3, max = 3 }}
             .unwrap_or(0);
         max_seen = max_seen.max(unacked);
         samples += 1;
+        let backlog = series(&m, "mqfn_backlog_messages{route=\"slow\"}").await;
+        max_backlog = max_backlog.max(backlog as usize);
     }
-    println!("prefetch: at most {max_seen} unacked of a bound of {bound}, over {samples} samples");
+    println!(
+        "prefetch: at most {max_seen} unacked of a bound of {bound}, over {samples} samples; \
+         backlog gauge up to {max_backlog}"
+    );
     assert!(max_seen <= bound, "{max_seen} unacked > {bound}");
     assert!(max_seen > 0, "the sampling saw deliveries in flight");
+    // The backlog is the queue's ready count (passive declare) plus what
+    // waits locally: it sees the messages the prefetch keeps on the broker.
+    assert!(
+        max_backlog > bound && max_backlog <= N,
+        "backlog {max_backlog}"
+    );
     drop(m);
     r.cleanup(&[&input, &output, &dlq], &[]).await;
 }
