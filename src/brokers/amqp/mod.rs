@@ -8,12 +8,12 @@
 //! deadpool (see [`sink`]), so that flow control on publishes never holds up
 //! acks.
 
+mod connection;
 mod headers;
 mod sink;
 mod source;
 mod topology;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,208 +22,17 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Event};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
-use super::{reconnect_delay, Broker, BrokerError, Publisher, Source};
+use super::{Broker, BrokerError, Publisher, Source};
 use crate::config::{AmqpConfig, BrokerKind, Endpoint, RouteConfig};
 use crate::message::Message;
-use crate::telemetry::{names, redact_url};
+use connection::{supervise, Link};
 use headers::short;
 
-/// How long one connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `source`, `tap` and `inbox` wait for a connection that is down.
 const UP_WAIT: Duration = Duration::from_secs(10);
-/// How often the supervisor checks the connection besides its events.
-const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The name a connection shows in RabbitMQ: broker, process and purpose.
-fn connection_name(broker: &str, purpose: &str) -> String {
-    format!("mqfn/{broker}/{}/{purpose}", std::process::id())
-}
-
-/// The consuming connection, as the supervisor keeps it.
-pub(crate) struct Link {
-    broker: String,
-    cfg: AmqpConfig,
-    current: watch::Sender<Option<Arc<Connection>>>,
-    up: AtomicBool,
-    last_error: std::sync::Mutex<String>,
-    /// Channels of taps and inboxes, closed before the connection so that
-    /// a dropped stream never races the connection's close.
-    private: std::sync::Mutex<Vec<Channel>>,
-}
-
-impl Link {
-    fn receive_err(&self, message: impl Into<String>) -> BrokerError {
-        BrokerError::Receive {
-            broker: self.broker.clone(),
-            message: message.into(),
-        }
-    }
-
-    fn set(&self, conn: Option<Arc<Connection>>, why: &str) {
-        let up = conn.is_some();
-        self.up.store(up, Ordering::Relaxed);
-        self.current.send_replace(conn);
-        metrics::gauge!(names::BROKER_UP, "broker" => self.broker.clone()).set(if up {
-            1.0
-        } else {
-            0.0
-        });
-        let url = redact_url(&self.cfg.url);
-        if up {
-            info!(broker = %self.broker, url, "Connected to AMQP; topology declared.");
-        } else {
-            *self.last_error.lock().expect("last error lock") = why.to_owned();
-            warn!(broker = %self.broker, url, reason = why, "Lost the AMQP connection; reconnecting.");
-        }
-    }
-
-    /// A new channel on the current connection, waiting for one up to
-    /// `wait` (`None`: for as long as it takes).
-    async fn channel(&self, wait: Option<Duration>) -> Result<Channel, BrokerError> {
-        let mut rx = self.current.subscribe();
-        let conn = {
-            let ready = rx.wait_for(Option::is_some);
-            let got = match wait {
-                Some(w) => tokio::time::timeout(w, ready).await.ok(),
-                None => Some(ready.await),
-            };
-            match got {
-                Some(Ok(c)) => c.clone(),
-                _ => None,
-            }
-        };
-        let Some(conn) = conn else {
-            let why = self.last_error.lock().expect("last error lock").clone();
-            return Err(BrokerError::Connect {
-                broker: self.broker.clone(),
-                message: format!("not connected ({why})"),
-            });
-        };
-        conn.create_channel()
-            .await
-            .map_err(|e| self.receive_err(format!("cannot open a channel: {e}")))
-    }
-
-    /// Connects and declares the topology.
-    async fn open(&self) -> Result<Connection, BrokerError> {
-        let err = |message: String| BrokerError::Connect {
-            broker: self.broker.clone(),
-            message,
-        };
-        let props = ConnectionProperties::default()
-            .with_connection_name(connection_name(&self.broker, "consume").into());
-        let url = redact_url(&self.cfg.url);
-        let conn =
-            match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.cfg.url, props))
-                .await
-            {
-                Err(_) => {
-                    return Err(err(format!(
-                        "no answer from {url} within {CONNECT_TIMEOUT:?}"
-                    )))
-                }
-                Ok(Err(e)) => {
-                    return Err(err(format!(
-                    "{} (url {url}); is RabbitMQ running and are the URL, user and vhost right?",
-                    topology::reason(&e)
-                )))
-                }
-                Ok(Ok(c)) => c,
-            };
-        if let Err(e) = topology::declare(&conn, &self.broker, &self.cfg).await {
-            let _ = conn.close(200, "OK".into()).await;
-            return Err(e);
-        }
-        Ok(conn)
-    }
-}
-
-/// Keeps the consuming connection up until `stop`. With `first`, the
-/// outcome of the first attempt is reported there, and a failure ends it
-/// (CLI commands fail fast); otherwise it retries for ever.
-async fn supervise(
-    link: Arc<Link>,
-    stop: CancellationToken,
-    mut first: Option<oneshot::Sender<Result<(), BrokerError>>>,
-) {
-    let mut failures = 0u32;
-    loop {
-        let opened = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            c = link.open() => c,
-        };
-        match opened {
-            Ok(conn) => {
-                failures = 0;
-                let conn = Arc::new(conn);
-                let events = conn.events_listener();
-                link.set(Some(conn.clone()), "");
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(Ok(()));
-                }
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => {
-                        link.current.send_replace(None);
-                        link.up.store(false, Ordering::Relaxed);
-                        let private = std::mem::take(&mut *link.private.lock().expect("private lock"));
-                        for ch in private {
-                            let _ = ch.close(200, "OK".into()).await;
-                        }
-                        let _ = conn.close(200, "OK".into()).await;
-                        return;
-                    }
-                    why = lost(&conn, events) => link.set(None, &why),
-                }
-            }
-            Err(e) => {
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-                failures += 1;
-                warn!(broker = %link.broker, error = %e, "Cannot connect to AMQP yet; retrying.");
-                let why = match &e {
-                    BrokerError::Connect { message, .. } | BrokerError::Setup { message, .. } => {
-                        message.clone()
-                    }
-                    other => other.to_string(),
-                };
-                *link.last_error.lock().expect("last error lock") = why;
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(reconnect_delay(failures)) => {}
-                }
-            }
-        }
-    }
-}
-
-/// Resolves with the reason once the connection is no longer usable.
-async fn lost(conn: &Connection, events: impl futures::Stream<Item = Event>) -> String {
-    let mut events = std::pin::pin!(events);
-    let mut tick = tokio::time::interval(CHECK_INTERVAL);
-    loop {
-        tokio::select! {
-            ev = events.next() => match ev {
-                // Channel errors come here too; only a dead connection counts.
-                Some(Event::Error(e)) if !conn.status().connected() => return topology::reason(&e),
-                None => return "the connection closed".to_owned(),
-                Some(_) => {}
-            },
-            _ = tick.tick() => if !conn.status().connected() {
-                return "the connection closed".to_owned();
-            },
-        }
-    }
-}
 
 /// A RabbitMQ broker: a supervised consuming connection and a pooled
 /// publisher.
@@ -240,15 +49,7 @@ impl AmqpBroker {
     /// topology is declared, or with the first error (CLI commands);
     /// without, returns at once and connects in the background (`run`).
     pub async fn connect(name: &str, cfg: &AmqpConfig, wait: bool) -> Result<Self, BrokerError> {
-        let link = Arc::new(Link {
-            broker: name.to_owned(),
-            cfg: cfg.clone(),
-            current: watch::channel(None).0,
-            up: AtomicBool::new(false),
-            last_error: std::sync::Mutex::new("connecting".to_owned()),
-            private: std::sync::Mutex::new(Vec::new()),
-        });
-        metrics::gauge!(names::BROKER_UP, "broker" => name.to_owned()).set(0.0);
+        let link = Arc::new(Link::new(name, cfg));
         let publisher = Arc::new(sink::AmqpPublisher::new(name, &cfg.url)?);
         let stop = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
@@ -320,11 +121,7 @@ impl AmqpBroker {
             )
             .await
             .map_err(|e| fail("consume from a private queue", e))?;
-        {
-            let mut private = self.link.private.lock().expect("private lock");
-            private.retain(|c| c.status().connected());
-            private.push(ch);
-        }
+        self.link.keep_private(ch);
         let name = queue.clone();
         let stream = consumer
             .take_while(|d| futures::future::ready(d.is_ok()))
@@ -346,7 +143,7 @@ impl Broker for AmqpBroker {
     }
 
     fn is_up(&self) -> bool {
-        self.link.up.load(Ordering::Relaxed)
+        self.link.is_up()
     }
 
     async fn source(

@@ -132,7 +132,7 @@ impl AmqpPublisher {
             broker: broker.to_owned(),
             message: format!("cannot set up the publishing pool: {e}"),
         };
-        let name = super::connection_name(broker, "publish");
+        let name = super::connection::connection_name(broker, "publish");
         let connections = deadpool_lapin::Config {
             url: Some(url.to_owned()),
             pool: None,

@@ -16,9 +16,10 @@ use lapin::{Acker, BasicProperties, Channel, Consumer};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
+use super::connection::Link;
 use super::headers::{self, short, Counts, ATTEMPT_HEADER};
 use super::sink::AmqpPublisher;
-use super::{topology, Link};
+use super::topology;
 use crate::brokers::{BacklogProbe, BrokerError, Source};
 use crate::config::RouteConfig;
 use crate::message::{Delivery, Settle};
