@@ -103,10 +103,7 @@ impl Mqfn {
             .args(["run", "--config"])
             .arg(&self.config)
             .args(["--admin", &self.admin])
-            .env(
-                "RUST_LOG",
-                std::env::var("MQFN_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", std::env::var("MQFN_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -121,9 +118,7 @@ impl Mqfn {
 
     /// GETs an admin path; `None` when the listener does not answer.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let resp = reqwest::get(format!("http://{}{path}", self.admin))
-            .await
-            .ok()?;
+        let resp = reqwest::get(format!("http://{}{path}", self.admin)).await.ok()?;
         let code = resp.status().as_u16();
         Some((code, resp.text().await.ok()?))
     }
@@ -172,10 +167,7 @@ impl Mqfn {
             }
             if start.elapsed() > limit {
                 let _ = child.kill();
-                panic!(
-                    "mqfn did not exit within {limit:?}; log:\n{}",
-                    self.log_text()
-                );
+                panic!("mqfn did not exit within {limit:?}; log:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -213,10 +205,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            start.elapsed() < limit,
-            "gave up after {limit:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < limit, "gave up after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -224,8 +213,7 @@ where
 /// Reads one Prometheus sample: `name{labels}` exactly as rendered, e.g.
 /// `mqfn_dead_letters_total{route="r"}`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.trim().parse().ok())
-    })
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }
