@@ -2,6 +2,7 @@
 //! `mod.rs` (connection), `source.rs` (consuming), `sink.rs` (publishing).
 //! Adding a broker means one folder and one arm in [`connect`].
 
+pub mod amqp;
 pub mod nats;
 
 use std::sync::Arc;
@@ -196,7 +197,8 @@ pub async fn connect(
 ) -> Result<Arc<dyn Broker>, BrokerError> {
     Ok(match cfg {
         BrokerConfig::Nats(c) => Arc::new(nats::NatsBroker::connect(name, c, wait).await?),
-        BrokerConfig::Kafka(_) | BrokerConfig::Amqp(_) => {
+        BrokerConfig::Amqp(c) => Arc::new(amqp::AmqpBroker::connect(name, c, wait).await?),
+        BrokerConfig::Kafka(_) => {
             return Err(BrokerError::Unsupported {
                 broker: name.to_owned(),
                 message: format!(

@@ -134,6 +134,29 @@ impl Validator<'_> {
                                 ),
                             );
                         }
+                        if q.queue_type == "quorum" && !q.durable && !q.passive {
+                            self.err(
+                                format!("{key}.queues[{i}].durable"),
+                                "a quorum queue is always durable; remove durable = false",
+                            );
+                        }
+                        for (name, v) in &q.arguments {
+                            if !matches!(
+                                v,
+                                toml::Value::String(_)
+                                    | toml::Value::Integer(_)
+                                    | toml::Value::Float(_)
+                                    | toml::Value::Boolean(_)
+                            ) {
+                                self.err(
+                                    format!("{key}.queues[{i}].arguments.{name}"),
+                                    format!(
+                                        "is a {}; expected a string, integer, float or boolean",
+                                        v.type_str()
+                                    ),
+                                );
+                            }
+                        }
                     }
                     for (i, x) in a.exchanges.iter().enumerate() {
                         if !matches!(x.kind.as_str(), "direct" | "topic" | "fanout" | "headers") {
