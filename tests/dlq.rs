@@ -1,11 +1,12 @@
 //! `mqfn dlq list` and `mqfn dlq redrive` against the real NATS server.
 
+mod amqp_support;
 mod common;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use common::{cli, eventually, nats_url, rand_name, Mqfn};
+use common::{amqp_url, cli, eventually, nats_url, rand_name, Mqfn};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -149,4 +150,97 @@ retry = {{ max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }}
     let (_, err) = text(&out);
     assert!(err.contains("redrove 2 dead letter(s)"), "{err}");
     drop(m);
+}
+
+#[tokio::test]
+async fn list_and_redrive_on_rabbitmq() {
+    let q = rand_name("dlq");
+    let (input, output, dead) = (format!("{q}.in"), format!("{q}.out"), format!("{q}.dlq"));
+    let cfg = format!(
+        r#"
+{broker}{qi}{qo}{qd}
+[[routes]]
+name = "r"
+source = {{ broker = "rabbit", queue = "{input}" }}
+handler = "fail"
+output = {{ broker = "rabbit", queue = "{output}" }}
+dead_letter = {{ broker = "rabbit", queue = "{dead}" }}
+retry = {{ max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }}
+"#,
+        broker = amqp_support::broker(&amqp_url()),
+        qi = amqp_support::queue_decl(&input, "classic"),
+        qo = amqp_support::queue_decl(&output, "classic"),
+        qd = amqp_support::queue_decl(&dead, "quorum"),
+    );
+    let m = Mqfn::start(&cfg);
+    m.wait_ready(LONG).await;
+    let rabbit = amqp_support::Rabbit::connect(&amqp_url()).await;
+    for body in [
+        "permanent:bad order",
+        "permanent:bad customer",
+        "retry:flaky",
+    ] {
+        rabbit.publish(&input, body).await;
+    }
+    let config = m.config.to_str().unwrap().to_owned();
+    let list = || {
+        let config = config.clone();
+        async move {
+            run_cli(vec![
+                "dlq".into(),
+                "list".into(),
+                "r".into(),
+                "--config".into(),
+                config,
+            ])
+            .await
+        }
+    };
+    let listing = eventually(LONG, "three dead letters", || async {
+        let out = list().await;
+        let (stdout, _) = text(&out);
+        (out.status.success() && stdout.lines().count() == 4).then_some(stdout)
+    })
+    .await;
+    println!("{listing}");
+    assert!(listing.contains("bad order") && listing.contains("retryable"));
+    let (again, _) = text(&list().await);
+    assert_eq!(
+        again.lines().count(),
+        4,
+        "listing consumed nothing:\n{again}"
+    );
+    assert_eq!(rabbit.count(&dead).await, 3);
+
+    let out = run_cli(vec![
+        "dlq".into(),
+        "redrive".into(),
+        "r".into(),
+        "--config".into(),
+        config.clone(),
+        "--filter".into(),
+        "mqfn-error-class=retryable".into(),
+    ])
+    .await;
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("redrove 1 dead letter(s)") && err.contains("2 left"),
+        "{err}"
+    );
+    // The redriven message fails again (fresh attempts: 2 of 2) and returns.
+    let back = rabbit
+        .take_until(&dead, |got| {
+            got.iter()
+                .any(|g| g.headers.get("mqfn-redrives").map(String::as_str) == Some("1"))
+        })
+        .await;
+    let again = back
+        .iter()
+        .find(|g| g.headers.get("mqfn-redrives").map(String::as_str) == Some("1"))
+        .unwrap();
+    assert_eq!(again.headers["mqfn-attempts"], "2", "attempts start afresh");
+    assert_eq!(again.payload, "retry:flaky");
+    drop(m);
+    rabbit.cleanup(&[&input, &output, &dead], &[]).await;
 }

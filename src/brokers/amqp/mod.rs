@@ -9,6 +9,7 @@
 //! acks.
 
 mod connection;
+mod dlq;
 mod headers;
 mod sink;
 mod source;
@@ -189,6 +190,16 @@ impl Broker for AmqpBroker {
 
     async fn inbox(&self) -> Result<(String, BoxStream<'static, Message>), BrokerError> {
         self.private_queue(None).await
+    }
+
+    async fn browse(&self, at: &Endpoint, limit: usize) -> Result<Vec<Message>, BrokerError> {
+        dlq::browse(&self.link, UP_WAIT, at.address().unwrap_or_default(), limit).await
+    }
+
+    async fn take(&self, at: &Endpoint) -> Result<Box<dyn Source>, BrokerError> {
+        let s = dlq::TakeSource::open(self.link.clone(), UP_WAIT, at.address().unwrap_or_default())
+            .await?;
+        Ok(Box::new(s))
     }
 
     async fn close(&self) {
