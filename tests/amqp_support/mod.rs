@@ -1,6 +1,8 @@
 //! Helpers for `tests/amqp.rs`: a test-side RabbitMQ client, `rabbitmqctl`,
 //! a private vhost and user, and config snippets.
 
+#![allow(dead_code)] // each test crate uses a different part
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
