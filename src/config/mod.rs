@@ -25,7 +25,7 @@ pub use broker::{
     NatsConfig, NatsStream,
 };
 pub use error::{ConfigError, ConfigErrors};
-pub use handler::{BuiltinConfig, HandlerConfig};
+pub use handler::{BuiltinConfig, HandlerConfig, HttpConfig, ProcessConfig, DEFAULT_PROCESS_ENV};
 pub use route::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig, TopicCreate, WorkersConfig};
 
 /// The default config locations, tried in order when `--config` is absent.
@@ -83,6 +83,17 @@ fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+/// The deserializer's message, first line only, with a hint where the
+/// expected form is not obvious.
+fn describe_serde_error(raw: &str) -> String {
+    let first = raw.lines().next().unwrap_or(raw).trim().to_owned();
+    if first.contains("expected a duration") {
+        format!("{first}: write it like \"250ms\", \"30s\" or \"5m\"")
+    } else {
+        first
+    }
+}
+
 impl Config {
     /// Reads, expands, parses and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
@@ -112,7 +123,7 @@ impl Config {
             .map_err(|(key, message)| ConfigErrors::one(at(key, message)))?;
         let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
-            ConfigErrors::one(at(key, e.into_inner().to_string()))
+            ConfigErrors::one(at(key, describe_serde_error(&e.into_inner().to_string())))
         })?;
         cfg.file = file.to_owned();
         validate::validate(&cfg)?;
@@ -129,6 +140,18 @@ impl Config {
             .map(PathBuf::from)
             .find(|p| p.exists())
             .ok_or_else(|| ConfigErrors::one(ConfigError::NotFound))
+    }
+
+    /// The entry point of the `config` fuzz target: parse and validate, and
+    /// check that every error message names the file.
+    #[doc(hidden)]
+    pub fn fuzz_load(text: &str) {
+        let file = Path::new("fuzz.toml");
+        if let Err(errors) = Self::from_str(text, file) {
+            for e in errors.0 {
+                assert!(e.to_string().starts_with("fuzz.toml: "), "{e}");
+            }
+        }
     }
 
     /// The route called `name`.

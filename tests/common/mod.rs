@@ -140,15 +140,30 @@ impl Mqfn {
         panic!("mqfn not ready within {limit:?}; log:\n{}", self.log_text());
     }
 
+    /// GETs an admin path, waiting (bounded) for the listener to answer.
+    pub async fn get_ok(&self, path: &str) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some((200, body)) = self.get(path).await {
+                return body;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{path} did not answer; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `/status` as JSON.
     pub async fn status(&self) -> serde_json::Value {
-        let (_, body) = self.get("/status").await.expect("status answers");
-        serde_json::from_str(&body).expect("status is JSON")
+        serde_json::from_str(&self.get_ok("/status").await).expect("status is JSON")
     }
 
     /// `/metrics` text.
     pub async fn metrics(&self) -> String {
-        self.get("/metrics").await.expect("metrics answer").1
+        self.get_ok("/metrics").await
     }
 
     /// Sends a signal (`libc` names: 15 = TERM, 9 = KILL).
@@ -178,6 +193,14 @@ impl Mqfn {
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().expect("try_wait").is_none(),
+            None => false,
         }
     }
 

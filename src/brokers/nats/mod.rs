@@ -1,6 +1,7 @@
 //! NATS: core subjects (at-most-once, queue groups) and JetStream (durable
 //! pull consumers, PubAck-confirmed publishes).
 
+mod dlq;
 mod sink;
 mod source;
 
@@ -53,15 +54,25 @@ impl NatsBroker {
         let flag = up.clone();
         let broker = name.to_owned();
         let url = redact_url(&cfg.url);
+        if let Some(ca) = &cfg.tls_ca_file {
+            opts = opts.add_root_certificates(ca.into()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+            opts = opts
+                .add_client_certificate(cert.into(), key.into())
+                .require_tls(true);
+        }
         opts = opts
             .name(format!("mqfn/{name}"))
             .connection_timeout(cfg.connect_timeout)
-            .require_tls(cfg.tls_required)
             .max_reconnects(None)
             .event_callback(move |event| {
                 let (flag, broker, url) = (flag.clone(), broker.clone(), url.clone());
                 async move { on_event(&flag, &broker, &url, event) }
             });
+        if cfg.tls_required {
+            opts = opts.require_tls(true);
+        }
         if !wait {
             opts = opts.retry_on_initial_connect();
         }
@@ -199,6 +210,22 @@ impl Broker for NatsBroker {
         };
         let stream = self.tap(&at).await?;
         Ok((inbox, stream))
+    }
+
+    async fn browse(&self, at: &Endpoint, limit: usize) -> Result<Vec<Message>, BrokerError> {
+        dlq::browse(
+            &self.name,
+            &self.js,
+            at.address().unwrap_or_default(),
+            limit,
+        )
+        .await
+    }
+
+    async fn take(&self, at: &Endpoint) -> Result<Box<dyn Source>, BrokerError> {
+        let s =
+            dlq::TakeSource::open(&self.name, &self.js, at.address().unwrap_or_default()).await?;
+        Ok(Box::new(s))
     }
 
     async fn close(&self) {

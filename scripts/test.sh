@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test command: everything the project's tests need, then every test.
+#
+#   scripts/test.sh
+#
+# 1. brokers: NATS, RabbitMQ and a Kafka-compatible broker (tansu) on
+#    127.0.0.1, started when missing (scripts/services.sh);
+# 2. the handler SDK tests (Python unittest, Node's test runner) and the
+#    deploy cross-checks (compose, Prometheus, Grafana, k8s);
+# 3. the Rust tests: unit tests and the integration tests in tests/, which
+#    talk to the real brokers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/usr/local/sbin"
+
+scripts/services.sh
+
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+
+echo "== handler SDKs (Python)"
+python3 -m unittest discover -s tests/sdk -p 'test_*.py'
+echo "== handler SDKs (Node)"
+node --test tests/sdk/
+echo "== deploy cross-checks"
+python3 -m unittest tests/deploy_check.py
+
+echo "== Rust"
+cargo test --workspace --locked

@@ -1,0 +1,184 @@
+//! `mqfn validate`: one test per class of config error, each checking that
+//! the message names the file, the key path and the fix.
+
+mod common;
+
+use common::{cli, write_config};
+
+const GOOD: &str = r#"
+[brokers.js]
+kind = "nats"
+url = "nats://127.0.0.1:4222"
+
+[[routes]]
+name = "r"
+source = { broker = "js", subject = "in", stream = "S" }
+handler = "echo"
+output = { broker = "js", subject = "out" }
+dead_letter = { broker = "js", subject = "dlq" }
+"#;
+
+/// Runs `mqfn validate` on `text`; returns (success, stderr, file path).
+fn validate(text: &str) -> (bool, String, String) {
+    let (_dir, path) = write_config(text);
+    let out = cli(&["validate", "--config", path.to_str().unwrap()]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+/// Asserts that `text` is refused with a line `FILE: KEY: ...` containing
+/// every one of `needles`.
+fn refused(text: &str, key: &str, needles: &[&str]) {
+    let (ok, err, file) = validate(text);
+    assert!(!ok, "accepted a bad config:\n{text}");
+    let prefix = format!("{file}: {key}: ");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("error: {prefix}"))
+                && needles.iter().all(|n| l.contains(n))),
+        "no line `{prefix}...` containing {needles:?} in:\n{err}"
+    );
+}
+
+#[test]
+fn a_good_config_passes() {
+    let (ok, err, _) = validate(GOOD);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn shipped_configs_pass() {
+    for f in ["config/nats.toml", "config/compose.toml"] {
+        let path = format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
+        let out = cli(&["validate", "--config", &path]);
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn unknown_handler() {
+    refused(
+        &GOOD.replace("handler = \"echo\"", "handler = \"ecoh\""),
+        "routes[0].handler",
+        &["unknown handler \"ecoh\"", "known: echo"],
+    );
+}
+
+#[test]
+fn unknown_broker() {
+    refused(
+        &GOOD.replace("output = { broker = \"js\"", "output = { broker = \"jss\""),
+        "routes[0].output.broker",
+        &["unknown broker \"jss\"", "known: js"],
+    );
+}
+
+#[test]
+fn min_greater_than_max() {
+    refused(
+        &format!("{GOOD}workers = {{ min = 9, max = 4 }}\n"),
+        "routes[0].workers.min",
+        &["min (9) is greater than max (4)", "min <= max"],
+    );
+}
+
+#[test]
+fn dead_letter_equal_to_source() {
+    refused(
+        &GOOD.replace("subject = \"dlq\"", "subject = \"in\""),
+        "routes[0].dead_letter",
+        &["is the route's own source", "loop forever"],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    refused(
+        &format!("{GOOD}timeout = \"30 parsecs\"\n"),
+        "routes[0].timeout",
+        &["parsecs", "\"30s\""],
+    );
+}
+
+#[test]
+fn bad_url() {
+    refused(
+        &GOOD.replace("nats://127.0.0.1:4222", "http://127.0.0.1:4222"),
+        "brokers.js.url",
+        &["scheme \"http\" is not supported", "nats"],
+    );
+    refused(
+        &GOOD.replace("nats://127.0.0.1:4222", "not a url"),
+        "brokers.js.url",
+        &["not a valid URL"],
+    );
+}
+
+#[test]
+fn unknown_key() {
+    refused(
+        &format!("{GOOD}retyr = {{ max_attempts = 3 }}\n"),
+        "routes[0].retyr",
+        &["unknown field `retyr`", "expected one of", "`retry`"],
+    );
+}
+
+#[test]
+fn missing_env_var_names_the_variable() {
+    refused(
+        &GOOD.replace("nats://127.0.0.1:4222", "${MQFN_TEST_SURELY_UNSET}"),
+        "brokers.js.url",
+        &["MQFN_TEST_SURELY_UNSET is not set"],
+    );
+}
+
+#[test]
+fn missing_dead_letter_on_at_least_once_source() {
+    let text = GOOD.replace("dead_letter = { broker = \"js\", subject = \"dlq\" }\n", "");
+    refused(
+        &text,
+        "routes[0].dead_letter",
+        &["missing", "dead_letter = {"],
+    );
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let text = GOOD
+        .replace("handler = \"echo\"", "handler = \"nope\"")
+        .replace("output = { broker = \"js\"", "output = { broker = \"x\"");
+    let (ok, err, _) = validate(&text);
+    assert!(!ok);
+    assert!(
+        err.contains("routes[0].handler") && err.contains("routes[0].output.broker"),
+        "{err}"
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let (ok, err, file) = validate("[brokers.js\nkind = 1");
+    assert!(!ok);
+    assert!(err.contains(&file) && err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn auth_and_tls_files_are_checked_at_load() {
+    let text = GOOD.replace(
+        "url = \"nats://127.0.0.1:4222\"",
+        "url = \"tls://127.0.0.1:4222\"\ncredentials_file = \"/no/such.creds\"\ntls_cert_file = \"/no/cert.pem\"",
+    );
+    refused(
+        &text,
+        "brokers.js.credentials_file",
+        &["cannot read \"/no/such.creds\""],
+    );
+    refused(&text, "brokers.js.tls_cert_file", &["go together"]);
+}
