@@ -798,3 +798,97 @@ storage = "memory"
     );
     let _ = js.delete_stream(&stream_name).await;
 }
+
+async fn run_cli(args: Vec<String>) -> (bool, String, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        common::cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("join");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_list_leaves_dead_letters_and_redrive_moves_only_the_matching_ones() {
+    let f = Fixture::new(1);
+    let extra = r#"retry = { max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }"#;
+    let config = f.config("fail", "", "").replace(
+        r#"retry = { max_attempts = 3, initial_backoff = "10ms", max_backoff = "50ms" }"#,
+        extra,
+    );
+    let m = started(&config).await;
+    let _log = dump("", &m);
+    f.produce(
+        [
+            "permanent:bad order",
+            "permanent:bad customer",
+            "retry:flaky",
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Rec::new(i, p)),
+    )
+    .await;
+    let cfg = m.config.to_str().expect("path").to_owned();
+    let dlq = |args: &[&str]| {
+        let mut v: Vec<String> = vec!["dlq".into()];
+        v.extend(args.iter().map(|s| s.to_string()));
+        v.extend(["--config".to_owned(), cfg.clone()]);
+        run_cli(v)
+    };
+    let listing = eventually(LONG, "three dead letters listed", || async {
+        let (ok, out, _) = dlq(&["list", "r"]).await;
+        (ok && out.lines().count() == 4).then_some(out)
+    })
+    .await;
+    println!("dlq list:\n{listing}");
+    assert!(listing.contains("bad order") && listing.contains("flaky"));
+    assert!(listing.contains("permanent") && listing.contains("retryable"));
+    let (_, again, _) = dlq(&["list", "r"]).await;
+    assert_eq!(
+        again.lines().count(),
+        4,
+        "listing consumed nothing:\n{again}"
+    );
+
+    let (ok, _, err) = dlq(&["redrive", "r", "--filter", "mqfn-error-class=retryable"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("redrove 1 dead letter(s)") && err.contains("2 left"),
+        "{err}"
+    );
+    // The redriven one fails again and comes back with fresh counters.
+    let mut dead = f.reader("dlq", 1);
+    dead.until(LONG, "the redriven message dead-lettered again", |r| {
+        r.records
+            .iter()
+            .any(|o| o.headers.get("mqfn-redrives").map(String::as_str) == Some("1"))
+    })
+    .await;
+    let back = dead
+        .records
+        .iter()
+        .find(|o| o.headers.contains_key("mqfn-redrives"))
+        .expect("redriven");
+    assert_eq!(back.headers["mqfn-attempts"], "2", "attempts start afresh");
+    assert_eq!(back.payload, "retry:flaky");
+    let listing = eventually(
+        LONG,
+        "two left in place plus the one that failed again",
+        || async {
+            let (ok, out, _) = dlq(&["list", "r"]).await;
+            (ok && out.lines().count() == 4).then_some(out)
+        },
+    )
+    .await;
+    println!("dlq list after redrive:\n{listing}");
+    assert!(listing.contains("bad order") && listing.contains("bad customer"));
+
+    let (ok, _, err) = dlq(&["redrive", "r", "--limit", "2"]).await;
+    assert!(ok, "{err}");
+    assert!(err.contains("redrove 2 dead letter(s)"), "{err}");
+}

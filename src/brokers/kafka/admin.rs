@@ -138,7 +138,7 @@ impl Topics {
 /// The request lists all topics rather than naming this one: a request that
 /// names a missing topic creates it on brokers with auto-creation on (and
 /// on tansu whatever the client asks).
-fn partitions_of<C: ClientContext>(
+pub fn partitions_of<C: ClientContext>(
     client: &Client<C>,
     topic: &str,
 ) -> KafkaResult<Option<Vec<i32>>> {

@@ -9,6 +9,7 @@
 
 mod admin;
 mod consumer;
+mod dlq;
 pub mod offsets;
 mod sink;
 mod source;
@@ -376,6 +377,22 @@ impl Broker for KafkaBroker {
             }
         })
         .boxed())
+    }
+
+    async fn browse(&self, at: &Endpoint, limit: usize) -> Result<Vec<Message>, BrokerError> {
+        dlq::browse(
+            &self.name,
+            &self.cfg,
+            at.address().unwrap_or_default(),
+            limit,
+        )
+        .await
+    }
+
+    async fn take(&self, at: &Endpoint) -> Result<Box<dyn Source>, BrokerError> {
+        let topic = at.address().unwrap_or_default();
+        let s = dlq::TakeSource::open(&self.name, &self.cfg, self.producer.clone(), topic).await?;
+        Ok(Box::new(s))
     }
 
     async fn inbox(&self) -> Result<(String, BoxStream<'static, Message>), BrokerError> {

@@ -48,17 +48,31 @@ impl KafkaPublisher {
     }
 
     async fn send(&self, topic: &str, msg: OutMessage) -> Result<(), PublishError> {
-        let headers = to_headers(&msg);
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-            .payload(msg.payload.as_ref())
-            .headers(headers);
-        if let Some(k) = &msg.key {
-            record = record.key(k.as_ref());
-        }
-        match self.producer.send(record, QUEUE_TIMEOUT).await {
-            Ok(_) => Ok(()),
-            Err((e, _)) => Err(self.fail(topic, classify(&e), e)),
-        }
+        send(&self.producer, &self.broker, topic, msg).await
+    }
+}
+
+/// Produces one record and waits for its delivery report.
+pub(super) async fn send(
+    producer: &FutureProducer<LogContext>,
+    broker: &str,
+    topic: &str,
+    msg: OutMessage,
+) -> Result<(), PublishError> {
+    let headers = to_headers(&msg);
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+        .payload(msg.payload.as_ref())
+        .headers(headers);
+    if let Some(k) = &msg.key {
+        record = record.key(k.as_ref());
+    }
+    match producer.send(record, QUEUE_TIMEOUT).await {
+        Ok(_) => Ok(()),
+        Err((e, _)) => Err(PublishError {
+            kind: classify(&e),
+            to: format!("{broker}/{topic}"),
+            message: e.to_string(),
+        }),
     }
 }
 
