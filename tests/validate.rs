@@ -51,7 +51,11 @@ fn a_good_config_passes() {
 
 #[test]
 fn shipped_configs_pass() {
-    for f in ["config/nats.toml", "config/compose.toml"] {
+    for f in [
+        "config/nats.toml",
+        "config/compose.toml",
+        "config/kafka.toml",
+    ] {
         let path = format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
         let out = cli(&["validate", "--config", &path]);
         assert!(
@@ -86,6 +90,26 @@ fn min_greater_than_max() {
         &format!("{GOOD}workers = {{ min = 9, max = 4 }}\n"),
         "routes[0].workers.min",
         &["min (9) is greater than max (4)", "min <= max"],
+    );
+}
+
+#[test]
+fn kafka_topics_are_created_with_at_least_one_partition() {
+    let text = r#"
+[brokers.k]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+
+[[routes]]
+name = "r"
+source = { broker = "k", topic = "in", create = { partitions = 0 } }
+handler = "echo"
+dead_letter = { broker = "k", topic = "dlq" }
+"#;
+    refused(
+        text,
+        "routes[0].source.create.partitions",
+        &["must be at least 1"],
     );
 }
 
