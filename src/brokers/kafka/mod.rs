@@ -150,6 +150,14 @@ fn base_config(cfg: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }
+    // librdkafka filters by a level taken from the `log` crate at startup;
+    // with a `debug` property, let everything through to `tracing`
+    // (shown with RUST_LOG=mqfn::brokers::kafka=debug).
+    c.set_log_level(if cfg.properties.contains_key("debug") {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Info
+    });
     c
 }
 
