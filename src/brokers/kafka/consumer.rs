@@ -1,12 +1,12 @@
-//! The consumer's poll thread and its rebalance callbacks.
+//! The consumer's poll thread.
 //!
 //! One OS thread per route source owns the librdkafka consumer. It polls,
-//! registers each record with the [`Tracker`], hands it to the async side
+//! registers each record with the tracker, hands it to the async side
 //! through a channel, pauses and resumes partitions, commits on an
-//! interval, and samples the lag. Rebalance callbacks run on this thread
-//! too (inside `poll`), so on revoke it may block, boundedly, while the
-//! route finishes the revoked partitions' messages; no async worker thread
-//! is ever blocked.
+//! interval, and samples the lag. The group callbacks
+//! ([`super::rebalance`]) run on this thread too (inside `poll`), so a
+//! revoke may block it, boundedly, while the route finishes the revoked
+//! partitions' messages; no async worker thread is ever blocked.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -15,24 +15,20 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
-use super::offsets::{Tp, Tracker};
+use super::offsets::Tp;
+use super::rebalance::{commit, partitions, GroupContext};
 use crate::message::Message;
 use crate::telemetry::names;
 
 /// How long one `poll` waits for a record.
 const POLL: Duration = Duration::from_millis(100);
-/// How long a revoke waits for the revoked partitions' running messages
-/// before it commits what is settled and lets them go (the rest is then
-/// processed again by the new owner).
-pub const REVOKE_WAIT: Duration = Duration::from_secs(10);
 /// How often the lag is sampled.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 /// The most time one lag sample may spend asking the broker for the
@@ -66,146 +62,6 @@ impl Lag {
     /// The latest sample.
     pub fn total(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Callbacks of one route's group consumer.
-pub struct GroupContext {
-    broker: String,
-    route: String,
-    tracker: Arc<Tracker>,
-    /// Set at shutdown: revokes then skip waiting (the route already
-    /// drained or gave up).
-    closing: AtomicBool,
-}
-
-impl GroupContext {
-    /// Callbacks that report to `tracker`.
-    pub fn new(broker: &str, route: &str, tracker: Arc<Tracker>) -> Self {
-        Self {
-            broker: broker.to_owned(),
-            route: route.to_owned(),
-            tracker,
-            closing: AtomicBool::new(false),
-        }
-    }
-
-    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        if tpl.count() == 0 {
-            return;
-        }
-        let tps = tps_of(tpl);
-        self.tracker.begin_revoke(&tps);
-        let lost = consumer.assignment_lost();
-        let running = self.tracker.running(&tps);
-        let start = Instant::now();
-        let mut unfinished = 0;
-        if !lost && !self.closing.load(Ordering::Relaxed) {
-            unfinished = self.tracker.wait_idle(&tps, REVOKE_WAIT);
-        }
-        let waited_ms = start.elapsed().as_millis();
-        let points = self.tracker.release(&tps);
-        if lost {
-            warn!(route = %self.route, partitions = ?partitions(&tps), "Partitions lost; their unsettled messages will be processed again by the new owner.");
-            return;
-        }
-        commit(consumer, &self.tracker, &points, CommitMode::Sync);
-        info!(route = %self.route, partitions = ?partitions(&tps), running, waited_ms, unfinished, "Partitions revoked; settled offsets committed.");
-    }
-}
-
-impl ClientContext for GroupContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        super::log(&self.broker, level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        super::on_error(&self.broker, &error, reason);
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) if tpl.count() == 0 => {}
-            Rebalance::Assign(tpl) => {
-                let tps = tps_of(tpl);
-                for tp in &tps {
-                    self.tracker.assign(tp.clone());
-                }
-                info!(route = %self.route, partitions = ?partitions(&tps), "Partitions assigned.");
-            }
-            Rebalance::Revoke(tpl) => self.revoke(consumer, tpl),
-            Rebalance::Error(e) => warn!(route = %self.route, error = %e, "Rebalance error."),
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // A partition assigned again starts unpaused, like its fresh
-        // tracker state.
-        if let Rebalance::Assign(tpl) = rebalance {
-            if let Err(e) = consumer.resume(tpl) {
-                debug!(route = %self.route, error = %e, "Could not resume newly assigned partitions.");
-            }
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            let points = points_of(offsets);
-            warn!(route = %self.route, error = %e, "Offset commit failed; retrying at the next interval.");
-            self.tracker.commit_failed(&points);
-        }
-    }
-}
-
-fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
-    tpl.elements()
-        .iter()
-        .map(|e| Tp::new(e.topic(), e.partition()))
-        .collect()
-}
-
-fn points_of(tpl: &TopicPartitionList) -> Vec<(Tp, i64)> {
-    tpl.elements()
-        .iter()
-        .filter_map(|e| Some((Tp::new(e.topic(), e.partition()), e.offset().to_raw()?)))
-        .collect()
-}
-
-fn partitions(tps: &[Tp]) -> Vec<i32> {
-    tps.iter().map(|tp| tp.partition).collect()
-}
-
-/// Stores and commits `points` (next offsets to read).
-fn commit(
-    consumer: &BaseConsumer<GroupContext>,
-    tracker: &Tracker,
-    points: &[(Tp, i64)],
-    mode: CommitMode,
-) {
-    if points.is_empty() {
-        return;
-    }
-    let mut tpl = TopicPartitionList::with_capacity(points.len());
-    for (tp, offset) in points {
-        if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset)) {
-            warn!(error = %e, "Bad offset; not committed.");
-            return;
-        }
-    }
-    if let Err(e) = consumer.store_offsets(&tpl) {
-        debug!(error = %e, "Could not store offsets; committing them explicitly.");
-    }
-    match consumer.commit(&tpl, mode) {
-        Ok(()) => {
-            let points: Vec<String> = points.iter().map(|(tp, o)| format!("{tp}@{o}")).collect();
-            debug!(offsets = ?points, "Committed.");
-        }
-        Err(e) => {
-            warn!(error = %e, "Offset commit failed; retrying at the next interval.");
-            tracker.commit_failed(points);
-        }
     }
 }
 

@@ -313,6 +313,7 @@ impl Tracker {
     }
 
     /// The current commit point of a partition.
+    #[cfg(test)]
     pub fn commit_point(&self, tp: &Tp) -> Option<i64> {
         self.lock().parts.get(tp).and_then(Part::commit_point)
     }

@@ -20,8 +20,9 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 use tracing::info;
 
-use super::consumer::{GroupContext, Lag, PollThread, Polled};
+use super::consumer::{Lag, PollThread, Polled};
 use super::offsets::{Tp, Tracker};
+use super::rebalance::GroupContext;
 use super::ConsumerBacklog;
 use crate::brokers::{BacklogProbe, BrokerError, Source};
 use crate::config::{KafkaConfig, RouteConfig};
