@@ -62,12 +62,16 @@ workers = {{ min = 16, max = 16 }}
         kills.push(inflight);
         m.spawn();
     }
+    // Done when the input queue is empty and nothing is in flight (the
+    // output count alone includes duplicates, so it is not enough).
     eventually(
         LONG,
         "every input to have a result or a dead letter",
         || async {
             let n = rabbit.count(&output).await + rabbit.count(&dead).await;
-            (n as usize >= N).then_some(())
+            let ready = rabbit.count(&input).await;
+            let inflight = m.status().await["routes"][0]["inflight"].as_u64()?;
+            (n as usize >= N && ready == 0 && inflight == 0).then_some(())
         },
     )
     .await;
