@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tracing::{info, warn};
 
 use super::{BacklogProbe, Broker, BrokerError, Publisher, Source};
-use crate::config::{BrokerKind, Endpoint, NatsConfig, RouteConfig};
+use crate::config::{BrokerKind, Endpoint, NatsConfig, NatsStream, RouteConfig};
 use crate::message::{
     Headers, Message, SourceMeta, CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER, TRACEPARENT_HEADER,
 };
@@ -88,6 +88,15 @@ impl NatsBroker {
             metrics::gauge!(names::BROKER_UP, "broker" => name.to_owned()).set(1.0);
         }
         let js = jetstream::new(client.clone());
+        if !cfg.streams.is_empty() {
+            let task = declare_streams_when_up(name.to_owned(), js.clone(), cfg.streams.clone());
+            if wait {
+                // CLI commands: declare before publishing, within a bound.
+                let _ = tokio::time::timeout(cfg.connect_timeout, task).await;
+            } else {
+                tokio::spawn(task);
+            }
+        }
         Ok(Self {
             name: name.to_owned(),
             cfg: cfg.clone(),
@@ -99,27 +108,49 @@ impl NatsBroker {
 
     /// Creates the declared streams that are missing.
     async fn ensure_streams(&self) -> Result<(), BrokerError> {
-        for s in &self.cfg.streams {
-            let config = stream::Config {
-                name: s.name.clone(),
-                subjects: s.subjects.clone(),
-                storage: if s.storage == "memory" {
-                    stream::StorageType::Memory
-                } else {
-                    stream::StorageType::File
-                },
-                max_age: s.max_age.unwrap_or_default(),
-                ..Default::default()
-            };
-            self.js
-                .get_or_create_stream(config)
-                .await
-                .map_err(|e| BrokerError::Setup {
-                    broker: self.name.clone(),
-                    message: format!("cannot create or bind stream {}: {e}", s.name),
-                })?;
+        ensure_streams(&self.name, &self.js, &self.cfg.streams).await
+    }
+}
+
+/// Creates the declared streams that are missing; existing ones are bound as
+/// they are.
+async fn ensure_streams(
+    broker: &str,
+    js: &jetstream::Context,
+    streams: &[NatsStream],
+) -> Result<(), BrokerError> {
+    for s in streams {
+        let config = stream::Config {
+            name: s.name.clone(),
+            subjects: s.subjects.clone(),
+            storage: if s.storage == "memory" {
+                stream::StorageType::Memory
+            } else {
+                stream::StorageType::File
+            },
+            max_age: s.max_age.unwrap_or_default(),
+            ..Default::default()
+        };
+        js.get_or_create_stream(config)
+            .await
+            .map_err(|e| BrokerError::Setup {
+                broker: broker.to_owned(),
+                message: format!("cannot create or bind stream {}: {e}", s.name),
+            })?;
+    }
+    Ok(())
+}
+
+/// Declares the streams as soon as the connection allows, retrying with
+/// backoff, so that streams used only by outputs and dead letters exist too.
+async fn declare_streams_when_up(broker: String, js: jetstream::Context, streams: Vec<NatsStream>) {
+    let mut failures = 0;
+    while let Err(e) = ensure_streams(&broker, &js, &streams).await {
+        failures += 1;
+        if failures == 1 || failures % 10 == 0 {
+            warn!(broker = %broker, error = %e, "Cannot declare the streams yet; retrying.");
         }
-        Ok(())
+        tokio::time::sleep(crate::brokers::reconnect_delay(failures)).await;
     }
 }
 
