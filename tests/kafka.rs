@@ -451,6 +451,76 @@ async fn twenty_thousand_messages_each_get_exactly_one_result() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigkill_three_times_loses_nothing() {
+    const N: usize = 10_000;
+    let f = Fixture::new(4);
+    let mut m = started(&f.config("fail", "", "workers = { min = 16, max = 16 }")).await;
+    let _log = dump("", &m);
+    f.produce((0..N).map(|i| {
+        let body = if i % 1000 == 7 {
+            "permanent:poison"
+        } else {
+            "sleep:1"
+        };
+        Rec::new(i, body).key(format!("k{}", i % 64))
+    }))
+    .await;
+    let mut kills = Vec::new();
+    for _ in 0..3 {
+        // Each process gets 1,500 to 2,520 messages done before its kill.
+        let target = 1500 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 4;
+        let inflight = eventually(LONG, "progress before the kill", || async {
+            let (_, s) = m.get("/status").await?;
+            let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+            let r = &v["routes"][0];
+            let done = r["succeeded"].as_u64()? + r["dead_lettered"].as_u64()?;
+            (done >= target).then(|| r["inflight"].as_u64().unwrap_or(0))
+        })
+        .await;
+        m.kill();
+        kills.push(inflight);
+        m.spawn();
+    }
+    let (mut out, mut dlq) = (f.reader("out", 4), f.reader("dlq", 1));
+    let start = Instant::now();
+    while out.distinct() + dlq.distinct() < N {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "gave up: {} results + {} dead letters of {N}",
+            out.distinct(),
+            dlq.distinct()
+        );
+        out.next(Duration::from_millis(200)).await;
+        dlq.next(Duration::from_millis(200)).await;
+    }
+    out.drain(Duration::from_secs(2)).await;
+    let dups = out.duplicates() + dlq.duplicates();
+    println!(
+        "crash accounting: {N} in; {} results + {} dead letters; {dups} duplicates; in flight at the kills: {kills:?}",
+        out.distinct(),
+        dlq.distinct()
+    );
+    for n in 0..N {
+        assert!(
+            out.counts.contains_key(&n) || dlq.counts.contains_key(&n),
+            "input {n} was lost"
+        );
+    }
+    assert_eq!(
+        dlq.distinct(),
+        10,
+        "the ten poison messages are dead-lettered"
+    );
+    // Kafka replays from the last commit (every 500 ms here), so the bound
+    // is what was in flight plus one commit interval of settled work.
+    let bound: u64 = kills.iter().map(|k| k + 32).sum::<u64>() + 3 * 2000;
+    assert!(
+        dups as u64 <= bound,
+        "duplicates {dups} exceed the bound {bound}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn commits_never_pass_a_slow_message_and_a_crash_redoes_it_and_after() {
     const N: usize = 40;
     const K: usize = 10; // the slow one's offset (one partition: n = offset)
