@@ -206,3 +206,22 @@ fn auth_and_tls_files_are_checked_at_load() {
     );
     refused(&text, "brokers.js.tls_cert_file", &["go together"]);
 }
+
+#[test]
+fn kafka_properties_are_checked_by_librdkafka() {
+    let kafka = |props: &str| {
+        format!(
+            "[brokers.k]\nkind = \"kafka\"\nbootstrap = \"127.0.0.1:9092\"\n[brokers.k.properties]\n{props}\n"
+        )
+    };
+    refused(
+        &kafka("\"sesion.timeout.ms\" = \"6000\""),
+        "brokers.k.properties",
+        &["librdkafka refuses", "sesion.timeout.ms"],
+    );
+    // TLS and SASL (PLAIN, SCRAM) are built in.
+    let (ok, err, _) = validate(&kafka(
+        "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"u\"\n\"sasl.password\" = \"p\"",
+    ));
+    assert!(ok, "{err}");
+}

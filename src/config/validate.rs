@@ -118,6 +118,7 @@ impl Validator<'_> {
                             );
                         }
                     }
+                    self.kafka_properties(&key, k);
                     if k.partition_window == 0 {
                         self.err(format!("{key}.partition_window"), "must be at least 1");
                     }
@@ -168,6 +169,23 @@ impl Validator<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Lets librdkafka judge the pass-through properties (names, values, and
+    /// what this build supports: SSL and SASL PLAIN/SCRAM/OAUTHBEARER, not
+    /// GSSAPI), so that a typo fails `validate`, not the first connection.
+    fn kafka_properties(&mut self, key: &str, k: &super::KafkaConfig) {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &k.bootstrap);
+        for (name, value) in &k.properties {
+            c.set(name, value);
+        }
+        if let Err(e) = c.create::<rdkafka::producer::BaseProducer>() {
+            self.err(
+                format!("{key}.properties"),
+                format!("librdkafka refuses these properties: {e}; see https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md"),
+            );
         }
     }
 
