@@ -465,22 +465,7 @@ async fn sigkill_three_times_loses_nothing() {
         Rec::new(i, body).key(format!("k{}", i % 64))
     }))
     .await;
-    let mut kills = Vec::new();
-    for _ in 0..3 {
-        // Each process gets 1,500 to 2,520 messages done before its kill.
-        let target = 1500 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 4;
-        let inflight = eventually(LONG, "progress before the kill", || async {
-            let (_, s) = m.get("/status").await?;
-            let v: serde_json::Value = serde_json::from_str(&s).ok()?;
-            let r = &v["routes"][0];
-            let done = r["succeeded"].as_u64()? + r["dead_lettered"].as_u64()?;
-            (done >= target).then(|| r["inflight"].as_u64().unwrap_or(0))
-        })
-        .await;
-        m.kill();
-        kills.push(inflight);
-        m.spawn();
-    }
+    let kills = common::kill_three_times(&mut m, LONG).await;
     let (mut out, mut dlq) = (f.reader("out", 4), f.reader("dlq", 1));
     let start = Instant::now();
     while out.distinct() + dlq.distinct() < N {

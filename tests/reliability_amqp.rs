@@ -47,21 +47,7 @@ workers = {{ min = 16, max = 16 }}
             }),
         )
         .await;
-    let mut kills = Vec::new();
-    for _ in 0..3 {
-        let target = 1500 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 4;
-        let inflight = eventually(LONG, "progress before the kill", || async {
-            let (_, s) = m.get("/status").await?;
-            let v: serde_json::Value = serde_json::from_str(&s).ok()?;
-            let r = &v["routes"][0];
-            let done = r["succeeded"].as_u64()? + r["dead_lettered"].as_u64()?;
-            (done >= target).then(|| r["inflight"].as_u64().unwrap_or(0))
-        })
-        .await;
-        m.kill();
-        kills.push(inflight);
-        m.spawn();
-    }
+    let kills = common::kill_three_times(&mut m, LONG).await;
     // Done when the input queue is empty and nothing is in flight (the
     // output count alone includes duplicates, so it is not enough).
     eventually(

@@ -140,23 +140,7 @@ async fn sigkill_three_times_loses_nothing() {
     })
     .await;
     let mut m = Mqfn::start(&bed.config("fail", "workers = { min = 16, max = 16 }", ""));
-    let mut kills = Vec::new();
-    for _ in 0..3 {
-        // Kill at a point that differs run to run: after each process has
-        // done 1,500 to 2,520 messages (status counts per process).
-        let target = 1500 + rand_offset();
-        let inflight = eventually(LONG, "progress before the kill", || async {
-            let s = m.get("/status").await?.1;
-            let v: serde_json::Value = serde_json::from_str(&s).ok()?;
-            let r = &v["routes"][0];
-            let done = r["succeeded"].as_u64()? + r["dead_lettered"].as_u64()?;
-            (done >= target).then(|| r["inflight"].as_u64().unwrap_or(0))
-        })
-        .await;
-        m.kill();
-        kills.push(inflight);
-        m.spawn();
-    }
+    let kills = common::kill_three_times(&mut m, LONG).await;
     let outs = eventually(
         LONG,
         "every input to have a result or a dead letter",
@@ -191,10 +175,6 @@ async fn sigkill_three_times_loses_nothing() {
         "duplicates {} exceed what was in flight {bound}",
         dup_out + dup_dlq
     );
-}
-
-fn rand_offset() -> u64 {
-    u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 4
 }
 
 #[tokio::test]
