@@ -172,16 +172,17 @@ impl Validator<'_> {
         }
     }
 
-    /// Lets librdkafka judge the pass-through properties (names, values, and
-    /// what this build supports: SSL and SASL PLAIN/SCRAM/OAUTHBEARER, not
-    /// GSSAPI), so that a typo fails `validate`, not the first connection.
+    /// Lets librdkafka judge the pass-through properties (names and values),
+    /// so that a typo fails `validate`, not the first connection.
     fn kafka_properties(&mut self, key: &str, k: &super::KafkaConfig) {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &k.bootstrap);
         for (name, value) in &k.properties {
             c.set(name, value);
         }
-        if let Err(e) = c.create::<rdkafka::producer::BaseProducer>() {
+        // Sets every property on a native librdkafka config (no client, no
+        // threads, no connection): unknown names and bad values fail here.
+        if let Err(e) = c.create_native_config() {
             self.err(
                 format!("{key}.properties"),
                 format!("librdkafka refuses these properties: {e}; see https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md"),
