@@ -87,6 +87,10 @@ struct RunArgs {
     /// The mqfn binary (default: build it in this profile and use it).
     #[arg(long)]
     mqfn: Option<PathBuf>,
+    /// Record a `perf record -g` profile of each throughput run's consumer
+    /// (baseline and mqfn) into this directory.
+    #[arg(long)]
+    perf: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -140,6 +144,7 @@ async fn bench(a: RunArgs) -> Result<(), String> {
     opts.handlers = !a.no_handlers;
     opts.handler_calls = a.handler_calls;
     opts.handler_instances = a.handler_instances.max(1);
+    opts.perf = a.perf;
     if a.smoke {
         opts = opts.smoke();
     }

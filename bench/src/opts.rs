@@ -104,6 +104,8 @@ pub struct Options {
     pub repo: PathBuf,
     /// Seconds without progress after which a run is declared stalled.
     pub stall_secs: f64,
+    /// Record a `perf` profile of each throughput run's consumer here.
+    pub perf: Option<PathBuf>,
 }
 
 impl Options {
@@ -128,6 +130,7 @@ impl Options {
             bench_bin,
             repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
             stall_secs: 60.0,
+            perf: None,
         }
     }
 

@@ -73,6 +73,7 @@ pub struct Consumer {
     pid: u32,
     log: PathBuf,
     _dir: tempfile::TempDir,
+    profiler: Option<Child>,
 }
 
 impl Consumer {
@@ -105,6 +106,7 @@ impl Consumer {
             pid,
             log,
             _dir: dir,
+            profiler: None,
         };
         match ready {
             Ok(Ok(Some(l))) if l.trim() == "ready" => Ok(me),
@@ -144,6 +146,7 @@ impl Consumer {
             pid,
             log,
             _dir: dir,
+            profiler: None,
         };
         let url = format!("http://{admin}/readyz");
         let start = Instant::now();
@@ -213,8 +216,46 @@ impl Consumer {
             .unwrap_or_else(|| "(no output)".to_owned())
     }
 
+    /// Samples the process with `perf record --call-graph dwarf` into `out`
+    /// until it stops.
+    pub fn profile(&mut self, out: &Path) -> Result<()> {
+        let child = Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "299",
+                "--call-graph",
+                "dwarf,16384",
+                "-p",
+                &self.pid.to_string(),
+                "-o",
+            ])
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run perf: {e}"))?;
+        self.profiler = Some(child);
+        Ok(())
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within 20s.
     pub async fn stop(mut self) {
+        if let Some(mut perf) = self.profiler.take() {
+            if let Some(id) = perf.id() {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe {
+                    libc::kill(id as libc::pid_t, libc::SIGINT);
+                }
+            }
+            if tokio::time::timeout(STOP_TIMEOUT, perf.wait())
+                .await
+                .is_err()
+            {
+                let _ = perf.kill().await;
+            }
+        }
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.pid as libc::pid_t, libc::SIGTERM);

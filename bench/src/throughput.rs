@@ -153,6 +153,17 @@ impl<'a> Bench<'a> {
                 .await
                 .map_err(StartError::Failed)?;
             let mut c = self.start(side, std::slice::from_ref(&names)).await?;
+            if let Some(dir) = &self.opts.perf {
+                let out = dir.join(format!(
+                    "{}-{}-{}.data",
+                    self.broker().as_str(),
+                    side.as_str(),
+                    names.id
+                ));
+                if let Err(e) = c.profile(&out) {
+                    eprintln!("perf: {e}");
+                }
+            }
             let figures = watch(&mut c, counter.as_mut(), sent, self.opts.stall_secs).await;
             c.stop().await;
             figures.map_err(StartError::Failed)

@@ -9,7 +9,7 @@ use async_nats::Subject;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{BoxStream, FuturesUnordered};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use super::{say_ready, Counter, Harness, FILL_WINDOW};
 use crate::names::Names;
@@ -152,10 +152,15 @@ workers = {{ min = 0, max = {workers_max} }}
     }
 }
 
+/// Set, the NATS baseline spawns a task per message, as mqfn does: a
+/// diagnostic that shows what that costs on its own (see
+/// `docs/benchmarks.md`).
+pub const SPAWN_VAR: &str = "MQFN_BENCH_BASELINE_SPAWN";
+
 /// The baseline: pull (batches of `window`), publish, await the PubAck,
-/// ack; at most `window` messages in flight. The consumer has mqfn's
-/// settings: explicit ack, 30s ack wait, `max_ack_pending` = max(2 ×
-/// window, 1000).
+/// ack; at most `window` messages in flight, all driven by one task. The
+/// consumer has mqfn's settings: explicit ack, 30s ack wait,
+/// `max_ack_pending` = max(2 × window, 1000).
 pub async fn baseline(url: &str, n: &Names, window: usize) -> Result<()> {
     let client = async_nats::connect(url)
         .await
@@ -185,6 +190,7 @@ pub async fn baseline(url: &str, n: &Names, window: usize) -> Result<()> {
         .map_err(|e| e.to_string())?;
     let out = Subject::from(n.output());
     let mut inflight = FuturesUnordered::new();
+    let spawn = std::env::var_os(SPAWN_VAR).is_some();
     say_ready();
     loop {
         if inflight.len() >= window {
@@ -198,7 +204,13 @@ pub async fn baseline(url: &str, n: &Names, window: usize) -> Result<()> {
             Some(r) = inflight.next(), if !inflight.is_empty() => r?,
             m = messages.next() => {
                 let m = m.ok_or("the pull stream ended")?.map_err(|e| e.to_string())?;
-                inflight.push(forward(js.clone(), out.clone(), m));
+                let f = forward(js.clone(), out.clone(), m);
+                inflight.push(if spawn {
+                    let task = tokio::spawn(f);
+                    async move { task.await.map_err(|e| e.to_string())? }.boxed()
+                } else {
+                    f.boxed()
+                });
             }
         }
     }
