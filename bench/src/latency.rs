@@ -18,14 +18,13 @@ const GRACE: Duration = Duration::from_secs(30);
 const WARM_UP: Duration = Duration::from_secs(60);
 
 /// Runs the latency measurement for both sides of `br`, at half the
-/// baseline's median rate.
+/// baseline's median rate (or `opts.latency_rate`).
 pub async fn measure(bench: &Bench<'_>, br: &mut BrokerReport) {
-    let Some(base) = br.baseline.rate() else {
+    let opts = bench.opts;
+    let Some(rate) = opts.latency_rate.or(br.baseline.rate().map(|r| r / 2.0)) else {
         br.baseline.latency = Some(Err("no baseline rate to pace at".to_owned()));
         return;
     };
-    let rate = base / 2.0;
-    let opts = bench.opts;
     let count = ((rate * opts.latency_secs) as u64).clamp(10, opts.latency_max.max(10));
     for (side, report) in [
         (Side::Baseline, &mut br.baseline),

@@ -63,6 +63,10 @@ struct RunArgs {
     /// Length of the paced latency run in seconds (0: none).
     #[arg(long, default_value_t = 5.0)]
     latency_secs: f64,
+    /// Pace the latency run at this rate (msgs/s) instead of half the
+    /// baseline's median rate.
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Messages waiting for the memory-under-backlog run (0: none).
     #[arg(long, default_value_t = 1_000_000)]
     backlog: u64,
@@ -138,6 +142,7 @@ async fn bench(a: RunArgs) -> Result<(), String> {
     opts.pairs = a.pairs.max(1);
     opts.window = a.window.max(2);
     opts.latency_secs = a.latency_secs;
+    opts.latency_rate = a.latency_rate.filter(|r| *r > 0.0);
     opts.backlog = a.backlog;
     opts.backlog_secs = a.backlog_secs;
     opts.idle = !a.no_idle;

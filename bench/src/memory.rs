@@ -107,5 +107,14 @@ pub async fn backlog(bench: &Bench<'_>) -> Result<Backlog, String> {
         ),
         Err(e) => eprintln!("{broker} backlog: {e}"),
     }
+    if let Ok(b) = &result {
+        let series: Vec<String> = b
+            .samples
+            .iter()
+            .step_by(20)
+            .map(|(t, kib)| format!("{t:.0}s {:.1}", *kib as f64 / 1024.0))
+            .collect();
+        eprintln!("{broker} backlog RSS MiB every 5 s: {}", series.join(", "));
+    }
     result
 }

@@ -81,6 +81,9 @@ pub struct Options {
     pub latency_secs: f64,
     /// Largest number of messages in a latency run.
     pub latency_max: u64,
+    /// Pace the latency run at this many messages per second instead of
+    /// half the baseline's median rate.
+    pub latency_rate: Option<f64>,
     /// Messages waiting for the memory-under-backlog run; 0 skips it.
     pub backlog: u64,
     /// How long RSS is sampled under the backlog, seconds.
@@ -119,6 +122,7 @@ impl Options {
             window: 256,
             latency_secs: 5.0,
             latency_max: 200_000,
+            latency_rate: None,
             backlog: 1_000_000,
             backlog_secs: 20.0,
             idle: true,
