@@ -155,6 +155,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         })?;
     info!(addr = %listener.local_addr().unwrap_or(listen), "Admin listener up.");
     let token = CancellationToken::new();
+    tokio::spawn(crate::telemetry::upkeep(metrics.clone(), token.clone()));
     let admin_task = tokio::spawn(admin::serve(
         listener,
         state.clone(),

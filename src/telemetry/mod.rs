@@ -35,6 +35,22 @@ pub fn install_metrics() -> PrometheusHandle {
         .clone()
 }
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every 5 s until
+/// `shutdown`. The recorder keeps every raw sample until this runs (or
+/// until `/metrics` is scraped), so without it an unscraped mqfn would
+/// grow by 8 bytes per invocation.
+pub async fn upkeep(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(UPKEEP_EVERY) => handle.run_upkeep(),
+        }
+    }
+}
+
 /// Replaces the password (and a token-like user) in a URL with `***`, so
 /// that URLs can be logged. Works on comma-separated lists too, and on text
 /// that does not parse as a URL.

@@ -29,6 +29,62 @@ pub struct NatsBroker {
     client: async_nats::Client,
     js: jetstream::Context,
     up: Arc<AtomicBool>,
+    _io: IoThread,
+}
+
+/// Stops the connection's I/O thread when the broker is dropped.
+struct IoThread(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for IoThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Connects with the connection task on a thread of its own.
+///
+/// mqfn runs each message in its own task. Were the connection task on the
+/// same runtime, every publish or ack would wake it into the worker's LIFO
+/// slot, and it would run at once and write that one command: one socket
+/// write per command. On its own thread it writes what has queued up
+/// meanwhile, many commands at a time.
+async fn connect_on_io_thread(
+    name: &str,
+    opts: async_nats::ConnectOptions,
+    addrs: Vec<String>,
+) -> Result<(async_nats::Client, IoThread), String> {
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("nats-io-{name}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start the NATS I/O thread: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+                let connected = opts.connect(addrs).await.map_err(|e| e.to_string());
+                let ok = connected.is_ok();
+                let _ = ready_tx.send(connected);
+                if ok {
+                    let _ = stop_rx.await;
+                }
+            });
+        })
+        .map_err(|e| format!("cannot start the NATS I/O thread: {e}"))?;
+    let client = ready_rx
+        .await
+        .map_err(|_| "the NATS I/O thread stopped".to_owned())??;
+    Ok((client, IoThread(Some(stop_tx))))
 }
 
 impl NatsBroker {
@@ -76,8 +132,8 @@ impl NatsBroker {
         if !wait {
             opts = opts.retry_on_initial_connect();
         }
-        let addrs: Vec<&str> = cfg.url.split(',').map(str::trim).collect();
-        let client = opts.connect(addrs).await.map_err(|e| {
+        let addrs: Vec<String> = cfg.url.split(',').map(|a| a.trim().to_owned()).collect();
+        let (client, io) = connect_on_io_thread(name, opts, addrs).await.map_err(|e| {
             err(format!(
                 "{e} (url {}); is the server running and the URL right?",
                 redact_url(&cfg.url)
@@ -103,6 +159,7 @@ impl NatsBroker {
             client,
             js,
             up,
+            _io: io,
         })
     }
 

@@ -1,0 +1,191 @@
+//! `mqfn-bench`: mqfn against a hand-written consumer on the same broker.
+//!
+//! ```text
+//! cargo run --release -p mqfn-bench -- --broker nats|kafka|amqp|all [-n 200000] [-s 256] [--pairs 3]
+//! ```
+//!
+//! Builds `mqfn` in the same profile first (`cargo build --release --bin
+//! mqfn`) unless `--mqfn PATH` is given. Progress goes to stderr, the
+//! report (Markdown tables) to stdout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use mqfn_bench::opts::Urls;
+use mqfn_bench::{Broker, Options};
+
+/// Benchmarks mqfn against a hand-written consumer on the same broker.
+#[derive(Debug, Parser)]
+#[command(name = "mqfn-bench", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The baseline loop, as a child process of the bench (internal).
+    #[command(hide = true)]
+    Baseline {
+        /// nats, kafka or amqp.
+        #[arg(long)]
+        broker: String,
+        /// The run's id (names of its input and output).
+        #[arg(long)]
+        id: String,
+        /// Messages in flight at most.
+        #[arg(long)]
+        window: usize,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// nats, kafka, amqp or all.
+    #[arg(long, default_value = "nats")]
+    broker: String,
+    /// Messages per throughput run.
+    #[arg(short = 'n', long, default_value_t = 200_000)]
+    messages: u64,
+    /// Payload bytes.
+    #[arg(short = 's', long, default_value_t = 256)]
+    size: usize,
+    /// Baseline/mqfn pairs, alternated.
+    #[arg(long, default_value_t = 3)]
+    pairs: usize,
+    /// Messages in flight: the baseline's window; mqfn gets workers.max =
+    /// window / 2 (its window is workers.max × 2).
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Length of the paced latency run in seconds (0: none).
+    #[arg(long, default_value_t = 5.0)]
+    latency_secs: f64,
+    /// Pace the latency run at this rate (msgs/s) instead of half the
+    /// baseline's median rate.
+    #[arg(long)]
+    latency_rate: Option<f64>,
+    /// Messages waiting for the memory-under-backlog run (0: none).
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: u64,
+    /// Seconds of RSS sampling under the backlog.
+    #[arg(long, default_value_t = 20.0)]
+    backlog_secs: f64,
+    /// Skip the idle RSS measurement.
+    #[arg(long)]
+    no_idle: bool,
+    /// Skip the process-handler measurement.
+    #[arg(long)]
+    no_handlers: bool,
+    /// Calls per handler measurement.
+    #[arg(long, default_value_t = 20_000)]
+    handler_calls: usize,
+    /// Process handler instances (and callers) for the concurrent figure.
+    #[arg(long, default_value_t = 2)]
+    handler_instances: usize,
+    /// The smoke run: N = 2,000, one pair, tiny latency and backlog runs.
+    #[arg(long)]
+    smoke: bool,
+    /// The mqfn binary (default: build it in this profile and use it).
+    #[arg(long)]
+    mqfn: Option<PathBuf>,
+    /// Record a `perf record -g` profile of each throughput run's consumer
+    /// (baseline and mqfn) into this directory.
+    #[arg(long)]
+    perf: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Baseline { broker, id, window }) => {
+            rt.block_on(baseline(&broker, &id, window))
+        }
+        None => rt.block_on(bench(cli.run)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn baseline(broker: &str, id: &str, window: usize) -> Result<(), String> {
+    let b = match Broker::parse_list(broker)?.as_slice() {
+        [one] => *one,
+        _ => return Err("the baseline runs on one broker".to_owned()),
+    };
+    mqfn_bench::brokers::baseline(b, &Urls::from_env(), id, window).await
+}
+
+async fn bench(a: RunArgs) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+    let mqfn_bin = match a.mqfn {
+        Some(p) => p,
+        None => build_mqfn(&me)?,
+    };
+    let mut opts = Options::new(mqfn_bin, me);
+    opts.brokers = Broker::parse_list(&a.broker)?;
+    opts.messages = a.messages;
+    opts.size = a.size;
+    opts.pairs = a.pairs.max(1);
+    opts.window = a.window.max(2);
+    opts.latency_secs = a.latency_secs;
+    opts.latency_rate = a.latency_rate.filter(|r| *r > 0.0);
+    opts.backlog = a.backlog;
+    opts.backlog_secs = a.backlog_secs;
+    opts.idle = !a.no_idle;
+    opts.handlers = !a.no_handlers;
+    opts.handler_calls = a.handler_calls;
+    opts.handler_instances = a.handler_instances.max(1);
+    opts.perf = a.perf;
+    if a.smoke {
+        opts = opts.smoke();
+    }
+    let report = mqfn_bench::run(&opts).await;
+    println!(
+        "mqfn-bench: N = {}, S = {} B, {} pair(s), window {} (mqfn workers.max {}), {} CPU(s), mqfn {}\n",
+        opts.messages,
+        opts.size,
+        opts.pairs,
+        opts.window,
+        opts.workers_max(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        opts.mqfn_bin.display()
+    );
+    print!("{}", report.render());
+    Ok(())
+}
+
+/// Builds `mqfn` in the profile this bench was built in, and returns its
+/// path: the bench and mqfn share the target directory.
+fn build_mqfn(me: &std::path::Path) -> Result<PathBuf, String> {
+    let dir = me.parent().ok_or("the bench binary has no directory")?;
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    if !release {
+        eprintln!("warning: this is not a release build; figures are for testing only");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(&repo).args(["build", "--bin", "mqfn"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --bin mqfn failed".to_owned());
+    }
+    Ok(dir.join("mqfn"))
+}
