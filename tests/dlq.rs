@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
 use common::{amqp_url, cli, eventually, nats_url, rand_name, Mqfn};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -25,16 +24,7 @@ async fn run_cli(args: Vec<String>) -> std::process::Output {
 
 #[tokio::test]
 async fn list_is_non_destructive_and_redrive_moves_with_fresh_counters() {
-    let p = rand_name("dlq");
-    let s = p.to_uppercase();
-    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-    js.get_or_create_stream(stream::Config {
-        name: s.clone(),
-        subjects: vec![format!("{p}.>")],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (p, s, js) = common::js_stream("dlq").await;
     for body in [
         "permanent:bad order",
         "permanent:bad customer",

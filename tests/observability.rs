@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use common::{eventually, metric, nats_url, rand_name, Mqfn};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -20,16 +20,7 @@ fn types(text: &str) -> std::collections::BTreeMap<String, String> {
 
 #[tokio::test]
 async fn metrics_match_what_was_sent() {
-    let p = rand_name("obs");
-    let s = p.to_uppercase();
-    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-    js.get_or_create_stream(stream::Config {
-        name: s.clone(),
-        subjects: vec![format!("{p}.>")],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (p, s, js) = common::js_stream("obs").await;
     for i in 0..7 {
         let body = if i < 5 {
             format!("ok {i}")

@@ -274,3 +274,23 @@ pub async fn kill_three_times(m: &mut Mqfn, limit: Duration) -> Vec<u64> {
     }
     kills
 }
+
+/// A fresh random prefix `p`, and a JetStream stream `P` (upper case)
+/// capturing `p.>` on the test server.
+pub async fn js_stream(prefix: &str) -> (String, String, async_nats::jetstream::Context) {
+    let p = rand_name(prefix);
+    let s = p.to_uppercase();
+    let js = async_nats::jetstream::new(
+        async_nats::connect(nats_url())
+            .await
+            .expect("connect to NATS"),
+    );
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: s.clone(),
+        subjects: vec![format!("{p}.>")],
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    (p, s, js)
+}
