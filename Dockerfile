@@ -12,12 +12,13 @@
 FROM rust:1-bookworm AS builder
 
 # rdkafka (via rdkafka-sys) builds its bundled librdkafka with librdkafka's own
-# ./configure + make: it needs a C toolchain, python3, pkg-config and zlib
-# headers. No cmake: nothing in Cargo.lock needs the cmake binary on
+# ./configure + make: it needs a C toolchain, python3, pkg-config, zlib and
+# OpenSSL headers (Kafka TLS and SASL). No cmake: nothing in Cargo.lock needs the cmake binary on
 # x86_64/aarch64 Linux (aws-lc-sys uses its cc builder there).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         build-essential \
+        libssl-dev \
         pkg-config \
         python3 \
         zlib1g-dev \
@@ -52,6 +53,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         ca-certificates \
         curl \
+        libssl3 \
         nodejs \
         python3 \
  && rm -rf /var/lib/apt/lists/*

@@ -15,6 +15,11 @@ export PATH="$PATH:/usr/sbin:/usr/local/sbin"
 
 scripts/services.sh
 
+# Build dependencies of the bundled librdkafka (TLS/SASL need OpenSSL headers).
+if ! pkg-config --exists openssl zlib 2>/dev/null; then
+  apt-get update -qq && apt-get install -y -qq libssl-dev zlib1g-dev pkg-config
+fi
+
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 
 echo "== handler SDKs (Python)"

@@ -62,6 +62,8 @@ pub struct AppState {
     pub brokers: BTreeMap<String, Arc<dyn Broker>>,
     /// The routes, in config order.
     pub routes: Vec<Arc<RouteHandle>>,
+    /// Every handler in use, once each.
+    pub handlers: Vec<handler::Built>,
 }
 
 impl AppState {
@@ -93,11 +95,20 @@ pub async fn build(cfg: &Config) -> Result<AppState, AppError> {
         }
     }
     let mut routes = Vec::new();
+    let mut handlers: BTreeMap<String, handler::Built> = BTreeMap::new();
     for r in &cfg.routes {
-        let built = handler::build(&r.handler, cfg).map_err(|source| AppError::Handler {
-            route: r.name.clone(),
-            source,
-        })?;
+        // One handler (and one instance pool) per name, shared by its routes.
+        let built = match handlers.get(&r.handler) {
+            Some(b) => b.clone(),
+            None => {
+                let b = handler::build(&r.handler, cfg).map_err(|source| AppError::Handler {
+                    route: r.name.clone(),
+                    source,
+                })?;
+                handlers.insert(r.handler.clone(), b.clone());
+                b
+            }
+        };
         let sink = |ep: &Option<crate::config::Endpoint>| {
             ep.as_ref().map(|at| Sink {
                 publisher: brokers[&at.broker].publisher(),
@@ -111,7 +122,8 @@ pub async fn build(cfg: &Config) -> Result<AppState, AppError> {
             sink(&r.output),
             sink(&r.dead_letter),
             Some(brokers[&r.source.broker].publisher()),
-        );
+        )
+        .with_instances(built.instances);
         routes.push(Arc::new(RouteHandle {
             route: Arc::new(route),
             cfg: r.clone(),
@@ -119,7 +131,11 @@ pub async fn build(cfg: &Config) -> Result<AppState, AppError> {
             probe: Default::default(),
         }));
     }
-    Ok(AppState { brokers, routes })
+    Ok(AppState {
+        brokers,
+        routes,
+        handlers: handlers.into_values().collect(),
+    })
 }
 
 /// Runs every route of `cfg` until `shutdown` completes, then drains and
@@ -163,6 +179,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     token.cancel();
     for t in tasks {
         let _ = t.await;
+    }
+    for h in &state.handlers {
+        h.close().await;
     }
     for b in state.brokers.values() {
         // A broker that is down cannot flush; do not hang the exit on it.
@@ -223,6 +242,10 @@ async fn scale_task(h: Arc<RouteHandle>, shutdown: CancellationToken) {
     let route = &h.route;
     let mut scaler = Scaler::new(w.clone(), tokio::time::Instant::now());
     route.pool.resize(scaler.current());
+    let mut parked = scaler.current() == 0;
+    if let (true, Some(i)) = (parked, &route.instances) {
+        i.park(true);
+    }
     let label = h.cfg.name.clone();
     loop {
         tokio::select! {
@@ -239,15 +262,27 @@ async fn scale_task(h: Arc<RouteHandle>, shutdown: CancellationToken) {
         }
         let local = route.local_backlog() as u64;
         let backlog = route.stats.broker_backlog.load(AtomicOrdering::Relaxed) + local;
-        let d = scaler.tick(backlog, tokio::time::Instant::now());
+        let mut d = scaler.tick(backlog, tokio::time::Instant::now());
+        d.busy = route.pool.busy();
         if d.next != d.current {
             route.pool.resize(d.next);
-            info!(route = %label, backlog = d.backlog, current = d.current, desired = d.desired, next = d.next, "Scaled.");
+            info!(route = %label, backlog = d.backlog, current = d.current, desired = d.desired, next = d.next, busy = d.busy, "Scaled.");
             let mut kept = h.decisions.lock().expect("decisions lock");
             if kept.len() == DECISIONS_KEPT {
                 kept.pop_front();
             }
             kept.push_back(d);
+        }
+        if let Some(i) = &route.instances {
+            // Scaled to zero: the route's instances go too. Back from zero:
+            // the next instance is a cold start.
+            if (d.next == 0) != parked {
+                parked = d.next == 0;
+                i.park(parked);
+                if parked {
+                    i.reap().await;
+                }
+            }
         }
         route
             .stats

@@ -19,7 +19,10 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One problem per line (config errors list every problem found).
+            for line in e.to_string().lines() {
+                eprintln!("error: {line}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -51,6 +54,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)?,
         Command::Call(args) => cli::call::run(&cfg, &args)
+            .await
+            .map_err(anyhow::Error::msg)?,
+        Command::Dlq(args) => cli::dlq::run(&cfg, &args)
             .await
             .map_err(anyhow::Error::msg)?,
         Command::Status(args) => cli::status::run(&cfg, &args)

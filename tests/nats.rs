@@ -606,3 +606,42 @@ dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
     );
     assert!(m.is_running(), "mqfn survived the outage");
 }
+
+#[tokio::test]
+async fn streams_used_only_by_outputs_are_declared_too() {
+    let p = rand_name("t");
+    let s = p.to_uppercase();
+    let cfg = format!(
+        r#"
+[brokers.js]
+kind = "nats"
+url = "{url}"
+[[brokers.js.streams]]
+name = "{s}"
+subjects = ["{p}.out"]
+
+[[routes]]
+name = "r"
+source = {{ broker = "js", subject = "{p}.in" }}
+handler = "echo"
+output = {{ broker = "js", subject = "{p}.out" }}
+"#,
+        url = nats_url()
+    );
+    let m = Mqfn::start(&cfg);
+    m.wait_ready(LONG).await;
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    eventually(LONG, "the output stream", || async {
+        js.get_stream(&s).await.ok().map(|_| ())
+    })
+    .await;
+    // A core request now has somewhere durable for its result.
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    client
+        .publish(format!("{p}.in"), "hi".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let got = collect(&js, &s, &format!("{p}.out"), 1, LONG).await;
+    assert_eq!(got.total, 1);
+}

@@ -284,3 +284,79 @@ async fn json_logs_are_json() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
     }
 }
+
+#[tokio::test]
+async fn instance_metrics_for_process_handlers() {
+    let p = rand_name("inst");
+    let s = p.to_uppercase();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let cfg = format!(
+        r#"
+[brokers.js]
+kind = "nats"
+url = "{url}"
+[[brokers.js.streams]]
+name = "{s}"
+subjects = ["{p}.>"]
+
+[handlers.noop]
+kind = "process"
+command = ["python3", "{root}/handlers/examples/noop.py"]
+max_instances = 2
+
+[[routes]]
+name = "proc"
+source = {{ broker = "js", subject = "{p}.in", stream = "{s}" }}
+handler = "noop"
+output = {{ broker = "js", subject = "{p}.out" }}
+dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
+workers = {{ min = 1, max = 2, scale_interval = "100ms" }}
+"#,
+        url = nats_url()
+    );
+    let m = Mqfn::start(&cfg);
+    m.wait_ready(LONG).await;
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    for i in 0..20 {
+        js.publish(format!("{p}.in"), format!("n{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let text = eventually(LONG, "20 settled and the gauges sampled", || async {
+        let t = m.metrics().await;
+        let ok = metric(
+            &t,
+            r#"mqfn_messages_settled_total{route="proc",outcome="ok"}"#,
+        )?;
+        metric(&t, r#"mqfn_instances{handler="noop",state="warm"}"#)?;
+        (ok == 20.0).then_some(t)
+    })
+    .await;
+    let cold = metric(&text, r#"mqfn_cold_starts_total{handler="noop"}"#).unwrap();
+    let warm = metric(&text, r#"mqfn_warm_starts_total{handler="noop"}"#).unwrap();
+    assert!(
+        (1.0..=2.0).contains(&cold),
+        "at most max_instances cold starts: {cold}"
+    );
+    assert_eq!(
+        cold + warm,
+        20.0,
+        "every invocation is a cold or a warm start"
+    );
+    let t = types(&text);
+    assert_eq!(t.get("mqfn_instances").map(String::as_str), Some("gauge"));
+    assert_eq!(
+        t.get("mqfn_cold_starts_total").map(String::as_str),
+        Some("counter")
+    );
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    for name in t.keys().filter(|n| n.starts_with("mqfn_")) {
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "{name} is not in docs/metrics.md"
+        );
+    }
+}

@@ -34,13 +34,13 @@ fn validate(text: &str) -> (bool, String, String) {
 fn refused(text: &str, key: &str, needles: &[&str]) {
     let (ok, err, file) = validate(text);
     assert!(!ok, "accepted a bad config:\n{text}");
-    let line = err
-        .lines()
-        .find(|l| l.contains(&format!("{file}: {key}: ")))
-        .unwrap_or_else(|| panic!("no error for key {key:?} in:\n{err}"));
-    for n in needles {
-        assert!(line.contains(n), "{line:?} lacks {n:?}");
-    }
+    let prefix = format!("{file}: {key}: ");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("error: {prefix}"))
+                && needles.iter().all(|n| l.contains(n))),
+        "no line `{prefix}...` containing {needles:?} in:\n{err}"
+    );
 }
 
 #[test]
@@ -51,7 +51,11 @@ fn a_good_config_passes() {
 
 #[test]
 fn shipped_configs_pass() {
-    for f in ["config/nats.toml", "config/compose.toml"] {
+    for f in [
+        "config/nats.toml",
+        "config/compose.toml",
+        "config/kafka.toml",
+    ] {
         let path = format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
         let out = cli(&["validate", "--config", &path]);
         assert!(
@@ -86,6 +90,26 @@ fn min_greater_than_max() {
         &format!("{GOOD}workers = {{ min = 9, max = 4 }}\n"),
         "routes[0].workers.min",
         &["min (9) is greater than max (4)", "min <= max"],
+    );
+}
+
+#[test]
+fn kafka_topics_are_created_with_at_least_one_partition() {
+    let text = r#"
+[brokers.k]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+
+[[routes]]
+name = "r"
+source = { broker = "k", topic = "in", create = { partitions = 0 } }
+handler = "echo"
+dead_letter = { broker = "k", topic = "dlq" }
+"#;
+    refused(
+        text,
+        "routes[0].source.create.partitions",
+        &["must be at least 1"],
     );
 }
 
@@ -167,4 +191,37 @@ fn syntax_errors_name_the_line() {
     let (ok, err, file) = validate("[brokers.js\nkind = 1");
     assert!(!ok);
     assert!(err.contains(&file) && err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn auth_and_tls_files_are_checked_at_load() {
+    let text = GOOD.replace(
+        "url = \"nats://127.0.0.1:4222\"",
+        "url = \"tls://127.0.0.1:4222\"\ncredentials_file = \"/no/such.creds\"\ntls_cert_file = \"/no/cert.pem\"",
+    );
+    refused(
+        &text,
+        "brokers.js.credentials_file",
+        &["cannot read \"/no/such.creds\""],
+    );
+    refused(&text, "brokers.js.tls_cert_file", &["go together"]);
+}
+
+#[test]
+fn kafka_properties_are_checked_by_librdkafka() {
+    let kafka = |props: &str| {
+        format!(
+            "[brokers.k]\nkind = \"kafka\"\nbootstrap = \"127.0.0.1:9092\"\n[brokers.k.properties]\n{props}\n"
+        )
+    };
+    refused(
+        &kafka("\"sesion.timeout.ms\" = \"6000\""),
+        "brokers.k.properties",
+        &["librdkafka refuses", "sesion.timeout.ms"],
+    );
+    // TLS and SASL (PLAIN, SCRAM) are built in.
+    let (ok, err, _) = validate(&kafka(
+        "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"u\"\n\"sasl.password\" = \"p\"",
+    ));
+    assert!(ok, "{err}");
 }

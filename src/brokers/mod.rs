@@ -2,6 +2,8 @@
 //! `mod.rs` (connection), `source.rs` (consuming), `sink.rs` (publishing).
 //! Adding a broker means one folder and one arm in [`connect`].
 
+pub mod amqp;
+pub mod kafka;
 pub mod nats;
 
 use std::sync::Arc;
@@ -48,6 +50,12 @@ pub enum BrokerError {
         broker: String,
         /// Why.
         message: String,
+    },
+    /// Nothing is left to take (`Broker::take` sources end with this).
+    #[error("broker {broker}: nothing left")]
+    Drained {
+        /// The broker's config name.
+        broker: String,
     },
     /// The broker cannot do this (e.g. request/reply on Kafka).
     #[error("broker {broker}: {message}")]
@@ -152,8 +160,32 @@ pub trait Broker: Send + Sync {
     async fn tap(&self, at: &Endpoint) -> Result<BoxStream<'static, Message>, BrokerError>;
     /// A fresh reply address and the stream of replies sent to it.
     async fn inbox(&self) -> Result<(String, BoxStream<'static, Message>), BrokerError>;
+    /// Reads up to `limit` messages at `at` without consuming them, oldest
+    /// first (for `mqfn dlq list`).
+    async fn browse(&self, at: &Endpoint, limit: usize) -> Result<Vec<Message>, BrokerError> {
+        let _ = (at, limit);
+        Err(self.unsupported("browsing"))
+    }
+    /// A source over the messages at `at` whose `ack` removes a message for
+    /// good and whose `nack` leaves it (for `mqfn dlq redrive`). It ends
+    /// with [`BrokerError::Drained`] once nothing is left.
+    async fn take(&self, at: &Endpoint) -> Result<Box<dyn Source>, BrokerError> {
+        let _ = at;
+        Err(self.unsupported("taking dead letters"))
+    }
     /// Flushes pending publishes and acks, then disconnects.
     async fn close(&self);
+
+    /// The error for an operation this broker does not offer.
+    fn unsupported(&self, what: &str) -> BrokerError {
+        BrokerError::Unsupported {
+            broker: self.name().to_owned(),
+            message: format!(
+                "{what} is not supported on {} brokers",
+                self.kind().as_str()
+            ),
+        }
+    }
 }
 
 /// Connects to the broker `name`. `wait` says whether to wait for the first
@@ -166,15 +198,8 @@ pub async fn connect(
 ) -> Result<Arc<dyn Broker>, BrokerError> {
     Ok(match cfg {
         BrokerConfig::Nats(c) => Arc::new(nats::NatsBroker::connect(name, c, wait).await?),
-        BrokerConfig::Kafka(_) | BrokerConfig::Amqp(_) => {
-            return Err(BrokerError::Unsupported {
-                broker: name.to_owned(),
-                message: format!(
-                    "{} brokers are not available in this build yet",
-                    cfg.kind().as_str()
-                ),
-            })
-        }
+        BrokerConfig::Kafka(c) => Arc::new(kafka::KafkaBroker::connect(name, c, wait).await?),
+        BrokerConfig::Amqp(c) => Arc::new(amqp::AmqpBroker::connect(name, c, wait).await?),
     })
 }
 

@@ -39,7 +39,14 @@ pub async fn run(cfg: &Config, args: &CallArgs) -> Result<(), String> {
         });
     rcfg.workers.min = 1;
     rcfg.workers.max = 1;
-    let route = Route::new(&rcfg, built.handler, built.timeout, None, None, None);
+    let route = Route::new(
+        &rcfg,
+        built.handler.clone(),
+        built.timeout,
+        None,
+        None,
+        None,
+    );
     let msg = Message {
         payload: args.msg.read_payload()?,
         headers: args.msg.header_set(),
@@ -49,10 +56,12 @@ pub async fn run(cfg: &Config, args: &CallArgs) -> Result<(), String> {
         attempt: 1,
         ..Message::default()
     };
-    match route
+    let attempted = route
         .attempt(&msg, &NoSettle, &CancellationToken::new())
-        .await
-    {
+        .await;
+    // Stop the handler's processes so that `call` exits promptly.
+    built.close().await;
+    match attempted {
         Attempted::Done(outputs) => {
             let mut out = std::io::stdout().lock();
             for o in outputs {

@@ -9,7 +9,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::MessageArgs;
-use crate::brokers::{self, Broker, OutMessage};
+use crate::brokers::{self, Broker, BrokerError, OutMessage};
 use crate::config::{Config, Endpoint};
 use crate::message::{Message, CORRELATION_HEADER};
 
@@ -74,9 +74,21 @@ pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), String> {
     let dead: BoxStream<'static, Message> = match &route.dead_letter {
         Some(dl) => {
             let b = connect(dl).await?;
-            let s = b.tap(dl).await.map_err(|e| e.to_string())?;
+            let tapped = b.tap(dl).await;
             keep.push(b);
-            s
+            match tapped {
+                Ok(s) => s,
+                // A dead letter that cannot be watched (a plain AMQP queue)
+                // only means a failure shows as a timeout.
+                Err(BrokerError::Unsupported { .. }) => {
+                    eprintln!(
+                        "note: the dead letter {} cannot be watched; a failure will show as a timeout",
+                        dl.describe()
+                    );
+                    futures::stream::pending().boxed()
+                }
+                Err(e) => return Err(e.to_string()),
+            }
         }
         None => futures::stream::pending().boxed(),
     };
@@ -102,6 +114,7 @@ pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let got = tokio::time::timeout(args.timeout, both.next()).await;
+    drop(both); // unsubscribe before the connections close
     for b in &keep {
         b.close().await;
     }

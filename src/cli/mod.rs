@@ -2,6 +2,7 @@
 //! `status`. Each command is one module.
 
 pub mod call;
+pub mod dlq;
 pub mod invoke;
 pub mod publish;
 pub mod status;
@@ -46,6 +47,8 @@ pub enum Command {
     Invoke(invoke::InvokeArgs),
     /// Run a handler locally, with no broker, and print its outputs.
     Call(call::CallArgs),
+    /// Inspect and redrive a route's dead letters.
+    Dlq(dlq::DlqArgs),
     /// Print the status of a running mqfn as a table.
     Status(status::StatusArgs),
 }
@@ -75,7 +78,7 @@ impl MessageArgs {
     }
 }
 
-fn parse_header(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_header(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not name=value")),

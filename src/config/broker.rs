@@ -72,6 +72,15 @@ pub struct NatsConfig {
     /// Require TLS even if the URL says `nats://`.
     #[serde(default)]
     pub tls_required: bool,
+    /// A PEM file of CA certificates to trust, for a private CA.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// A PEM client certificate, for mutual TLS (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    /// The PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
     /// How long one connection attempt may take.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,

@@ -25,7 +25,7 @@ pub use broker::{
     NatsConfig, NatsStream,
 };
 pub use error::{ConfigError, ConfigErrors};
-pub use handler::{BuiltinConfig, HandlerConfig};
+pub use handler::{BuiltinConfig, HandlerConfig, HttpConfig, ProcessConfig, DEFAULT_PROCESS_ENV};
 pub use route::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig, TopicCreate, WorkersConfig};
 
 /// The default config locations, tried in order when `--config` is absent.
@@ -140,6 +140,18 @@ impl Config {
             .map(PathBuf::from)
             .find(|p| p.exists())
             .ok_or_else(|| ConfigErrors::one(ConfigError::NotFound))
+    }
+
+    /// The entry point of the `config` fuzz target: parse and validate, and
+    /// check that every error message names the file.
+    #[doc(hidden)]
+    pub fn fuzz_load(text: &str) {
+        let file = Path::new("fuzz.toml");
+        if let Err(errors) = Self::from_str(text, file) {
+            for e in errors.0 {
+                assert!(e.to_string().starts_with("fuzz.toml: "), "{e}");
+            }
+        }
     }
 
     /// The route called `name`.

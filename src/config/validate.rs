@@ -3,8 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use super::{BrokerConfig, BrokerKind, Config, ConfigError, ConfigErrors, Endpoint, HandlerConfig};
+use super::{
+    BrokerConfig, BrokerKind, Config, ConfigError, ConfigErrors, Endpoint, HandlerConfig,
+    HttpConfig, ProcessConfig,
+};
 
 /// Checks `cfg`; returns every problem found, not just the first.
 pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
@@ -52,6 +56,27 @@ impl Validator<'_> {
             let key = format!("brokers.{name}");
             match b {
                 BrokerConfig::Nats(n) => {
+                    for (field, path) in [
+                        ("credentials_file", &n.credentials_file),
+                        ("nkey_file", &n.nkey_file),
+                        ("tls_ca_file", &n.tls_ca_file),
+                        ("tls_cert_file", &n.tls_cert_file),
+                        ("tls_key_file", &n.tls_key_file),
+                    ] {
+                        self.readable(&format!("{key}.{field}"), path.as_deref());
+                    }
+                    if n.tls_cert_file.is_some() != n.tls_key_file.is_some() {
+                        self.err(
+                            format!("{key}.tls_cert_file"),
+                            "tls_cert_file and tls_key_file go together: give both for mutual TLS, or neither",
+                        );
+                    }
+                    if n.credentials_file.is_some() && n.nkey_file.is_some() {
+                        self.err(
+                            format!("{key}.nkey_file"),
+                            "give credentials_file or nkey_file, not both (a .creds file already holds the nkey)",
+                        );
+                    }
                     for (i, u) in n.url.split(',').enumerate() {
                         self.url(
                             &format!("{key}.url"),
@@ -93,6 +118,7 @@ impl Validator<'_> {
                             );
                         }
                     }
+                    self.kafka_properties(&key, k);
                     if k.partition_window == 0 {
                         self.err(format!("{key}.partition_window"), "must be at least 1");
                     }
@@ -109,6 +135,29 @@ impl Validator<'_> {
                                 ),
                             );
                         }
+                        if q.queue_type == "quorum" && !q.durable && !q.passive {
+                            self.err(
+                                format!("{key}.queues[{i}].durable"),
+                                "a quorum queue is always durable; remove durable = false",
+                            );
+                        }
+                        for (name, v) in &q.arguments {
+                            if !matches!(
+                                v,
+                                toml::Value::String(_)
+                                    | toml::Value::Integer(_)
+                                    | toml::Value::Float(_)
+                                    | toml::Value::Boolean(_)
+                            ) {
+                                self.err(
+                                    format!("{key}.queues[{i}].arguments.{name}"),
+                                    format!(
+                                        "is a {}; expected a string, integer, float or boolean",
+                                        v.type_str()
+                                    ),
+                                );
+                            }
+                        }
                     }
                     for (i, x) in a.exchanges.iter().enumerate() {
                         if !matches!(x.kind.as_str(), "direct" | "topic" | "fanout" | "headers") {
@@ -119,6 +168,33 @@ impl Validator<'_> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Lets librdkafka judge the pass-through properties (names and values),
+    /// so that a typo fails `validate`, not the first connection.
+    fn kafka_properties(&mut self, key: &str, k: &super::KafkaConfig) {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &k.bootstrap);
+        for (name, value) in &k.properties {
+            c.set(name, value);
+        }
+        // Sets every property on a native librdkafka config (no client, no
+        // threads, no connection): unknown names and bad values fail here.
+        if let Err(e) = c.create_native_config() {
+            self.err(
+                format!("{key}.properties"),
+                format!("librdkafka refuses these properties: {e}; see https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md"),
+            );
+        }
+    }
+
+    /// Checks that a configured file can be read.
+    fn readable(&mut self, key: &str, path: Option<&str>) {
+        if let Some(p) = path {
+            if let Err(e) = std::fs::File::open(p) {
+                self.err(key, format!("cannot read {p:?}: {e}; check the path (relative paths start at the working directory)"));
             }
         }
     }
@@ -163,7 +239,55 @@ impl Validator<'_> {
                         Some(Ok(_)) => {}
                     }
                 }
+                HandlerConfig::Process(p) => self.process_handler(&format!("handlers.{name}"), p),
+                HandlerConfig::Http(h) => self.http_handler(&format!("handlers.{name}"), h),
             }
+        }
+    }
+
+    fn process_handler(&mut self, key: &str, p: &ProcessConfig) {
+        if p.command.first().map_or(true, |c| c.trim().is_empty()) {
+            self.err(
+                format!("{key}.command"),
+                "must name a program, e.g. [\"python3\", \"handlers/examples/noop.py\"]",
+            );
+        }
+        for (i, var) in p.env.iter().enumerate() {
+            if var.is_empty() || var.contains(['=', '\0']) {
+                self.err(
+                    format!("{key}.env[{i}]"),
+                    format!("{var:?} is not a variable name; list names only, e.g. [\"PATH\", \"MY_SETTING\"]"),
+                );
+            }
+        }
+        self.instances(key, p.timeout, p.max_instances, p.idle_timeout);
+    }
+
+    fn http_handler(&mut self, key: &str, h: &HttpConfig) {
+        self.url(&format!("{key}.url"), &h.url, &["http", "https"], 0);
+        for name in h.headers.keys() {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.err(
+                    format!("{key}.headers.{name}"),
+                    format!("{name:?} is not a valid HTTP header name"),
+                );
+            }
+        }
+        if h.ce_type.is_empty() {
+            self.err(format!("{key}.ce_type"), "must not be empty");
+        }
+        self.instances(key, h.timeout, h.max_instances, h.idle_timeout);
+    }
+
+    fn instances(&mut self, key: &str, timeout: Duration, max: usize, idle: Duration) {
+        if timeout.is_zero() {
+            self.err(format!("{key}.timeout"), "must be longer than 0s");
+        }
+        if max == 0 {
+            self.err(format!("{key}.max_instances"), "must be at least 1");
+        }
+        if idle.is_zero() {
+            self.err(format!("{key}.idle_timeout"), "must be longer than 0s");
         }
     }
 
@@ -365,6 +489,14 @@ impl Validator<'_> {
         only(ep.group.is_some(), "group", BrokerKind::Kafka, self);
         only(ep.create.is_some(), "create", BrokerKind::Kafka, self);
         only(ep.exchange.is_some(), "exchange", BrokerKind::Amqp, self);
+        if let Some(c) = &ep.create {
+            if c.partitions < 1 {
+                self.err(format!("{key}.create.partitions"), "must be at least 1");
+            }
+            if c.replication < 1 {
+                self.err(format!("{key}.create.replication"), "must be at least 1");
+            }
+        }
         if let Some(r) = &ep.auto_offset_reset {
             if !matches!(r.as_str(), "earliest" | "latest") {
                 self.err(
@@ -377,5 +509,99 @@ impl Validator<'_> {
             self.err(format!("{key}.exchange"), "a source consumes a queue: give queue, and bind it under [[brokers.NAME.bindings]]");
         }
         Some(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::{Config, HandlerConfig, DEFAULT_PROCESS_ENV};
+
+    fn load(text: &str) -> Result<Config, String> {
+        Config::from_str(text, Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn process_handlers_have_safe_defaults() {
+        let cfg = load(
+            r#"
+            [handlers.resize]
+            kind = "process"
+            command = ["python3", "handlers/examples/resize.py"]
+            "#,
+        )
+        .unwrap();
+        let HandlerConfig::Process(p) = &cfg.handlers["resize"] else {
+            panic!("not a process handler");
+        };
+        assert_eq!(p.env, DEFAULT_PROCESS_ENV);
+        assert_eq!(p.idle_timeout, Duration::from_secs(300));
+        assert_eq!(p.max_instances, 8);
+        assert_eq!(
+            cfg.handlers["resize"].timeout(),
+            Some(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn process_handler_errors_name_the_key() {
+        let err = load(
+            r#"
+            [handlers.p]
+            kind = "process"
+            command = []
+            env = ["A=b"]
+            max_instances = 0
+            idle_timeout = "0s"
+            "#,
+        )
+        .unwrap_err();
+        for key in [
+            "handlers.p.command",
+            "handlers.p.env[0]",
+            "handlers.p.max_instances",
+            "handlers.p.idle_timeout",
+        ] {
+            assert!(err.contains(&format!("t.toml: {key}: ")), "{key} in {err}");
+        }
+        let err =
+            load("[handlers.p]\nkind = \"process\"\ncommand = [\"x\"]\ncomand = 1\n").unwrap_err();
+        assert!(
+            err.contains("handlers.p") && err.contains("comand"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn http_handlers_are_checked() {
+        let cfg = load(
+            r#"
+            [handlers.hook]
+            kind = "http"
+            url = "http://127.0.0.1:8080/fn"
+            headers = { Authorization = "Bearer x" }
+            "#,
+        )
+        .unwrap();
+        assert!(matches!(cfg.handlers["hook"], HandlerConfig::Http(_)));
+        let err = load(
+            r#"
+            [handlers.hook]
+            kind = "http"
+            url = "ftp://x/"
+            headers = { "bad header" = "x" }
+            timeout = "0s"
+            "#,
+        )
+        .unwrap_err();
+        for key in [
+            "handlers.hook.url",
+            "handlers.hook.headers.bad header",
+            "handlers.hook.timeout",
+        ] {
+            assert!(err.contains(&format!("t.toml: {key}: ")), "{key} in {err}");
+        }
     }
 }

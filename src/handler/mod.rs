@@ -4,12 +4,16 @@
 //! the `mqfn-handlers` crate, so that built-ins depend on it alone. Adding a
 //! handler kind means one module here and one arm in [`build`].
 
+pub mod http;
+pub mod process;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use mqfn_handlers::{Handler, HandlerError};
 
 use crate::config::{Config, HandlerConfig};
+use crate::pool::instances::Instances;
 
 /// A handler that could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +37,23 @@ pub enum BuildError {
 }
 
 /// A handler with its configured time limit.
+#[derive(Clone)]
 pub struct Built {
     /// The handler.
     pub handler: Arc<dyn Handler>,
     /// The handler's own time limit, if set.
     pub timeout: Option<Duration>,
+    /// Its instance pool, for kinds that keep instances (process, http).
+    pub instances: Option<Arc<dyn Instances>>,
+}
+
+impl Built {
+    /// Stops the handler's instances, if it has any.
+    pub async fn close(&self) {
+        if let Some(i) = &self.instances {
+            i.close().await;
+        }
+    }
 }
 
 /// Builds the handler `name`: a `[handlers.NAME]` entry, or a built-in.
@@ -55,6 +71,23 @@ pub fn build(name: &str, cfg: &Config) -> Result<Built, BuildError> {
             Ok(Built {
                 handler,
                 timeout: b.timeout,
+                instances: None,
+            })
+        }
+        Some(HandlerConfig::Process(p)) => {
+            let h = process::ProcessHandler::new(name, p);
+            Ok(Built {
+                instances: Some(h.instances()),
+                handler: Arc::new(h),
+                timeout: Some(p.timeout),
+            })
+        }
+        Some(HandlerConfig::Http(c)) => {
+            let h = http::HttpHandler::new(name, c).map_err(options_err)?;
+            Ok(Built {
+                instances: Some(h.instances()),
+                handler: Arc::new(h),
+                timeout: Some(c.timeout),
             })
         }
         None => {
@@ -63,6 +96,7 @@ pub fn build(name: &str, cfg: &Config) -> Result<Built, BuildError> {
                 Some(h) => Ok(Built {
                     handler: h.map_err(options_err)?,
                     timeout: None,
+                    instances: None,
                 }),
                 None => {
                     let mut known: Vec<String> = cfg.handlers.keys().cloned().collect();

@@ -15,8 +15,19 @@ use crate::config::WorkersConfig;
 /// One scaling decision with its inputs, as logged and shown in `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
+    /// The scaler's tick (scale interval) number, counted from 1.
+    #[serde(default)]
+    pub tick: u64,
     /// Backlog seen (broker + local).
     pub backlog: u64,
+    /// Consecutive ticks, this one included, that saw a non-zero backlog:
+    /// how many scale intervals the pressure has lasted.
+    #[serde(default)]
+    pub backlog_ticks: u32,
+    /// Workers running an invocation when the decision was taken (filled
+    /// in by the caller; scale-in waits for them).
+    #[serde(default)]
+    pub busy: usize,
     /// Workers before.
     pub current: usize,
     /// What the formula asks for.
@@ -32,6 +43,8 @@ pub struct Scaler {
     current: usize,
     last_change: Instant,
     zero_since: Option<Instant>,
+    ticks: u64,
+    backlog_ticks: u32,
 }
 
 impl Scaler {
@@ -42,6 +55,8 @@ impl Scaler {
             cfg,
             last_change: now,
             zero_since: Some(now),
+            ticks: 0,
+            backlog_ticks: 0,
         }
     }
 
@@ -60,10 +75,13 @@ impl Scaler {
 
     /// Looks at the backlog and decides the next size.
     pub fn tick(&mut self, backlog: u64, now: Instant) -> Decision {
+        self.ticks += 1;
         if backlog == 0 {
             self.zero_since.get_or_insert(now);
+            self.backlog_ticks = 0;
         } else {
             self.zero_since = None;
+            self.backlog_ticks = self.backlog_ticks.saturating_add(1);
         }
         let desired = self.desired(backlog);
         let current = self.current;
@@ -89,7 +107,10 @@ impl Scaler {
             self.current = next;
         }
         Decision {
+            tick: self.ticks,
             backlog,
+            backlog_ticks: self.backlog_ticks,
+            busy: 0,
             current,
             desired,
             next,
@@ -155,6 +176,55 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(s.tick(0, Instant::now()).next, 0, "scaled to zero");
         assert_eq!(s.tick(250, Instant::now()).next, 3, "activation");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn decisions_count_the_ticks_under_pressure_and_new_work_stops_the_descent() {
+        let mut s = Scaler::new(cfg(1, 8), Instant::now());
+        let d = s.tick(0, Instant::now());
+        assert_eq!((d.tick, d.backlog_ticks, d.next), (1, 0, 1));
+        let d = s.tick(5_000, Instant::now());
+        assert_eq!(
+            (d.tick, d.backlog_ticks, d.next),
+            (2, 1, 8),
+            "max at the first tick under pressure"
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(s.tick(0, Instant::now()).next, 7);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(s.tick(0, Instant::now()).next, 6);
+        let d = s.tick(800, Instant::now());
+        assert_eq!((d.backlog_ticks, d.next), (1, 8), "back up at once");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(
+            s.tick(0, Instant::now()).next,
+            8,
+            "the cooldown restarts after a scale-up"
+        );
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_secs(60)).await;
+            s.tick(0, Instant::now());
+        }
+        assert_eq!(s.current(), 1, "back to min after the cooldowns");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn min_zero_without_idle_timeout_stays_at_one() {
+        let mut s = Scaler::new(cfg(0, 4), Instant::now());
+        assert_eq!(s.tick(400, Instant::now()).next, 4);
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_secs(60)).await;
+            s.tick(0, Instant::now());
+        }
+        assert_eq!(s.current(), 1, "one worker stays until idle_timeout passes");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            s.tick(0, Instant::now()).next,
+            1,
+            "the backlog has been zero for 240s only"
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(s.tick(0, Instant::now()).next, 0, "zero for 300s: to zero");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub use invoke::{backoff, Attempted, Failure};
 use crate::brokers::{reconnect_delay, Publisher, Source};
 use crate::config::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig};
 use crate::message::Delivery;
+use crate::pool::instances::Instances;
 use crate::pool::WorkerPool;
 use crate::telemetry::names;
 use lanes::Lanes;
@@ -62,6 +63,8 @@ pub struct Route {
     lanes: Lanes<(Delivery, OwnedSemaphorePermit)>,
     /// Wakes the autoscaler when a message waits on an empty pool.
     pub wake: tokio::sync::Notify,
+    /// The handler's instance pool, when its kind keeps instances.
+    pub instances: Option<Arc<dyn Instances>>,
 }
 
 type Queued = (Delivery, OwnedSemaphorePermit);
@@ -96,7 +99,18 @@ impl Route {
             stats: Arc::new(RouteStats::default()),
             lanes: Lanes::default(),
             wake: tokio::sync::Notify::new(),
+            instances: None,
         }
+    }
+
+    /// Attaches the handler's instance pool, so that scaling the route to
+    /// zero also stops its idle instances.
+    pub fn with_instances(mut self, instances: Option<Arc<dyn Instances>>) -> Self {
+        if let Some(i) = &instances {
+            i.attach();
+        }
+        self.instances = instances;
+        self
     }
 
     /// Messages waiting in mqfn and not yet running: the local part of the

@@ -122,7 +122,18 @@ impl Route {
             dedup_id: dedup_id(&self.name, &d.msg, "dlq"),
             ..OutMessage::default()
         };
-        match sink.publisher.publish(&sink.at, msg).await {
+        let mut result = sink.publisher.publish(&sink.at, msg.clone()).await;
+        if let Err(e) = &result {
+            if e.kind == PublishErrorKind::Rejected {
+                // Headers that the source carried may be invalid on the dead
+                // letter's broker: try once more with them made safe.
+                warn!(route = %self.name, error = %e, "Dead letter refused; retrying with sanitized headers.");
+                let mut safe = msg;
+                safe.headers = sanitized(&safe.headers);
+                result = sink.publisher.publish(&sink.at, safe).await;
+            }
+        }
+        match result {
             Ok(()) => {
                 metrics::counter!(names::DEAD_LETTERS_TOTAL, "route" => self.name.clone())
                     .increment(1);
@@ -137,7 +148,13 @@ impl Route {
                 metrics::counter!(names::PUBLISH_ERRORS_TOTAL, "broker" => broker).increment(1);
                 error!(route = %self.name, error = %e, "Dead letter not confirmed; the input goes back to the broker.");
                 self.stats.error(e.to_string());
-                self.nack(d, REDELIVERY_DELAY).await;
+                // A refusal will not change by itself: come back slowly, so
+                // the message stays visible in the backlog without spinning.
+                let delay = match e.kind {
+                    PublishErrorKind::Rejected => self.retry.max_backoff,
+                    PublishErrorKind::Transient => REDELIVERY_DELAY,
+                };
+                self.nack(d, delay).await;
             }
         }
     }
@@ -189,6 +206,40 @@ impl Route {
     }
 }
 
+/// Headers any broker accepts: names of `[A-Za-z0-9_.-]`, values without
+/// control characters; marked with `mqfn-headers-sanitized`.
+fn sanitized(headers: &Headers) -> Headers {
+    let mut out: Headers = headers
+        .iter()
+        .map(|(k, v)| {
+            let name: String = k
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let value: String = v
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            (
+                if name.is_empty() {
+                    "_".to_owned()
+                } else {
+                    name
+                },
+                value,
+            )
+        })
+        .collect();
+    out.set("mqfn-headers-sanitized", "true");
+    out
+}
+
 /// A deduplication id for results of JetStream inputs, stable across
 /// redeliveries of the same stream message.
 fn dedup_id(route: &str, msg: &Message, suffix: &str) -> Option<String> {
@@ -230,6 +281,17 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sanitized_headers_are_safe_everywhere() {
+        let h: Headers = [("bad name:x", "line\r\nbreak"), ("ok", "fine")]
+            .into_iter()
+            .collect();
+        let s = sanitized(&h);
+        assert_eq!(s.get("bad_name_x"), Some("line  break"));
+        assert_eq!(s.get("ok"), Some("fine"));
+        assert_eq!(s.get("mqfn-headers-sanitized"), Some("true"));
+    }
 
     #[test]
     fn error_headers_are_single_bounded_lines() {

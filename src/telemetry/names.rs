@@ -32,10 +32,15 @@ pub const WORKERS_DESIRED: &str = "mqfn_workers_desired";
 pub const INSTANCES: &str = "mqfn_instances";
 /// Cold starts, by `handler`.
 pub const COLD_STARTS_TOTAL: &str = "mqfn_cold_starts_total";
+/// Requests served by an instance that already existed, by `handler`.
+pub const WARM_STARTS_TOTAL: &str = "mqfn_warm_starts_total";
 /// Failed publishes (outputs, replies, dead letters), by `broker`.
 pub const PUBLISH_ERRORS_TOTAL: &str = "mqfn_publish_errors_total";
 /// 1 while the broker connection is up, by `broker`.
 pub const BROKER_UP: &str = "mqfn_broker_up";
+/// Kafka consumer lag (high watermark − position), by `route` and
+/// `partition` (bounded by the topic's partition count).
+pub const KAFKA_PARTITION_LAG: &str = "mqfn_kafka_partition_lag_messages";
 
 /// Registers descriptions and units with the recorder.
 pub fn describe() {
@@ -76,8 +81,16 @@ pub fn describe() {
     describe_gauge!(INSTANCES, "Handler instances, by state (warm, busy).");
     describe_counter!(COLD_STARTS_TOTAL, "Handler instances created.");
     describe_counter!(
+        WARM_STARTS_TOTAL,
+        "Requests served by an already running handler instance."
+    );
+    describe_counter!(
         PUBLISH_ERRORS_TOTAL,
         "Publishes the broker did not confirm."
     );
     describe_gauge!(BROKER_UP, "1 while the broker connection is up.");
+    describe_gauge!(
+        KAFKA_PARTITION_LAG,
+        "Kafka consumer lag per partition: high watermark minus position."
+    );
 }

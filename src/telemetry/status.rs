@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
+use crate::pool::instances::InstanceCounts;
 use crate::pool::scaler::Decision;
 
 /// The whole status document.
@@ -61,6 +62,10 @@ pub struct RouteStatus {
     pub last_error: Option<LastError>,
     /// Recent scaling decisions, oldest first.
     pub decisions: Vec<Decision>,
+    /// The handler's instances (process and http handlers), shared by the
+    /// routes that use the same handler.
+    #[serde(default)]
+    pub instances: Option<InstanceCounts>,
 }
 
 /// Worker figures.
@@ -136,6 +141,7 @@ pub fn snapshot(app: &AppState) -> Status {
                         .iter()
                         .copied()
                         .collect(),
+                    instances: r.instances.as_ref().map(|i| i.counts()),
                 }
             })
             .collect(),

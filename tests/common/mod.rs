@@ -252,3 +252,25 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .and_then(|rest| rest.trim().parse().ok())
     })
 }
+
+/// Kills `m` with SIGKILL three times, each after that process finished
+/// between 1,500 and 2,520 messages (a random point, so runs differ), and
+/// restarts it. Returns the messages in flight at each kill.
+pub async fn kill_three_times(m: &mut Mqfn, limit: Duration) -> Vec<u64> {
+    let mut kills = Vec::new();
+    for _ in 0..3 {
+        let target = 1500 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 4;
+        let inflight = eventually(limit, "progress before the kill", || async {
+            let (_, s) = m.get("/status").await?;
+            let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+            let r = &v["routes"][0];
+            let done = r["succeeded"].as_u64()? + r["dead_lettered"].as_u64()?;
+            (done >= target).then(|| r["inflight"].as_u64().unwrap_or(0))
+        })
+        .await;
+        m.kill();
+        kills.push(inflight);
+        m.spawn();
+    }
+    kills
+}

@@ -1,6 +1,7 @@
 //! NATS: core subjects (at-most-once, queue groups) and JetStream (durable
 //! pull consumers, PubAck-confirmed publishes).
 
+mod dlq;
 mod sink;
 mod source;
 
@@ -15,7 +16,7 @@ use futures::StreamExt;
 use tracing::{info, warn};
 
 use super::{BacklogProbe, Broker, BrokerError, Publisher, Source};
-use crate::config::{BrokerKind, Endpoint, NatsConfig, RouteConfig};
+use crate::config::{BrokerKind, Endpoint, NatsConfig, NatsStream, RouteConfig};
 use crate::message::{
     Headers, Message, SourceMeta, CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER, TRACEPARENT_HEADER,
 };
@@ -109,15 +110,25 @@ impl NatsBroker {
         let flag = up.clone();
         let broker = name.to_owned();
         let url = redact_url(&cfg.url);
+        if let Some(ca) = &cfg.tls_ca_file {
+            opts = opts.add_root_certificates(ca.into()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+            opts = opts
+                .add_client_certificate(cert.into(), key.into())
+                .require_tls(true);
+        }
         opts = opts
             .name(format!("mqfn/{name}"))
             .connection_timeout(cfg.connect_timeout)
-            .require_tls(cfg.tls_required)
             .max_reconnects(None)
             .event_callback(move |event| {
                 let (flag, broker, url) = (flag.clone(), broker.clone(), url.clone());
                 async move { on_event(&flag, &broker, &url, event) }
             });
+        if cfg.tls_required {
+            opts = opts.require_tls(true);
+        }
         if !wait {
             opts = opts.retry_on_initial_connect();
         }
@@ -133,6 +144,15 @@ impl NatsBroker {
             metrics::gauge!(names::BROKER_UP, "broker" => name.to_owned()).set(1.0);
         }
         let js = jetstream::new(client.clone());
+        if !cfg.streams.is_empty() {
+            let task = declare_streams_when_up(name.to_owned(), js.clone(), cfg.streams.clone());
+            if wait {
+                // CLI commands: declare before publishing, within a bound.
+                let _ = tokio::time::timeout(cfg.connect_timeout, task).await;
+            } else {
+                tokio::spawn(task);
+            }
+        }
         Ok(Self {
             name: name.to_owned(),
             cfg: cfg.clone(),
@@ -145,27 +165,49 @@ impl NatsBroker {
 
     /// Creates the declared streams that are missing.
     async fn ensure_streams(&self) -> Result<(), BrokerError> {
-        for s in &self.cfg.streams {
-            let config = stream::Config {
-                name: s.name.clone(),
-                subjects: s.subjects.clone(),
-                storage: if s.storage == "memory" {
-                    stream::StorageType::Memory
-                } else {
-                    stream::StorageType::File
-                },
-                max_age: s.max_age.unwrap_or_default(),
-                ..Default::default()
-            };
-            self.js
-                .get_or_create_stream(config)
-                .await
-                .map_err(|e| BrokerError::Setup {
-                    broker: self.name.clone(),
-                    message: format!("cannot create or bind stream {}: {e}", s.name),
-                })?;
+        ensure_streams(&self.name, &self.js, &self.cfg.streams).await
+    }
+}
+
+/// Creates the declared streams that are missing; existing ones are bound as
+/// they are.
+async fn ensure_streams(
+    broker: &str,
+    js: &jetstream::Context,
+    streams: &[NatsStream],
+) -> Result<(), BrokerError> {
+    for s in streams {
+        let config = stream::Config {
+            name: s.name.clone(),
+            subjects: s.subjects.clone(),
+            storage: if s.storage == "memory" {
+                stream::StorageType::Memory
+            } else {
+                stream::StorageType::File
+            },
+            max_age: s.max_age.unwrap_or_default(),
+            ..Default::default()
+        };
+        js.get_or_create_stream(config)
+            .await
+            .map_err(|e| BrokerError::Setup {
+                broker: broker.to_owned(),
+                message: format!("cannot create or bind stream {}: {e}", s.name),
+            })?;
+    }
+    Ok(())
+}
+
+/// Declares the streams as soon as the connection allows, retrying with
+/// backoff, so that streams used only by outputs and dead letters exist too.
+async fn declare_streams_when_up(broker: String, js: jetstream::Context, streams: Vec<NatsStream>) {
+    let mut failures = 0;
+    while let Err(e) = ensure_streams(&broker, &js, &streams).await {
+        failures += 1;
+        if failures == 1 || failures % 10 == 0 {
+            warn!(broker = %broker, error = %e, "Cannot declare the streams yet; retrying.");
         }
-        Ok(())
+        tokio::time::sleep(crate::brokers::reconnect_delay(failures)).await;
     }
 }
 
@@ -256,6 +298,22 @@ impl Broker for NatsBroker {
         };
         let stream = self.tap(&at).await?;
         Ok((inbox, stream))
+    }
+
+    async fn browse(&self, at: &Endpoint, limit: usize) -> Result<Vec<Message>, BrokerError> {
+        dlq::browse(
+            &self.name,
+            &self.js,
+            at.address().unwrap_or_default(),
+            limit,
+        )
+        .await
+    }
+
+    async fn take(&self, at: &Endpoint) -> Result<Box<dyn Source>, BrokerError> {
+        let s =
+            dlq::TakeSource::open(&self.name, &self.js, at.address().unwrap_or_default()).await?;
+        Ok(Box::new(s))
     }
 
     async fn close(&self) {

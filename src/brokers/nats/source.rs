@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use super::{core_message, from_header_map, ConsumerBacklog};
 use crate::brokers::{BacklogProbe, BrokerError, Source};
@@ -108,6 +108,16 @@ impl Source for JetStreamSource {
                     return Err(self.receive_err(e));
                 }
                 Some(Ok(m)) => return Ok(self.delivery(m)),
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        // Messages the server already sent for the open pull request would
+        // otherwise wait out `ack_wait`: hand them back at once.
+        if let Some(mut batch) = self.batch.take() {
+            while let Some(Some(Ok(m))) = batch.next().now_or_never() {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
             }
         }
     }

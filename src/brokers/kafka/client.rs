@@ -1,0 +1,135 @@
+//! librdkafka client settings, layered (mqfn's defaults, the user's
+//! properties, then what mqfn relies on), and the context that forwards
+//! librdkafka's logs and errors.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
+use tracing::{debug, error, warn};
+
+use super::set_up;
+use crate::config::{KafkaConfig, RouteConfig};
+
+/// A client config: bootstrap and mqfn's `defaults`, then the user's
+/// properties (which may override those defaults).
+pub(super) fn base_config(cfg: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.bootstrap);
+    // Topics are created by `create = { .. }` through the admin API only.
+    c.set("allow.auto.create.topics", "false");
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    // librdkafka filters by a level taken from the `log` crate at startup;
+    // with a `debug` property, let everything through to `tracing`
+    // (shown with RUST_LOG=mqfn::brokers::kafka=debug).
+    c.set_log_level(if cfg.properties.contains_key("debug") {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Info
+    });
+    c
+}
+
+/// Sets `key` to `value`, warning when the user's properties said otherwise.
+fn force(c: &mut ClientConfig, broker: &str, key: &str, value: &str) {
+    if let Some(given) = c.get(key).filter(|g| *g != value) {
+        warn!(
+            broker,
+            key, given, value, "mqfn needs this Kafka property; overriding it."
+        );
+    }
+    c.set(key, value);
+}
+
+pub(super) fn producer_config(name: &str, cfg: &KafkaConfig) -> ClientConfig {
+    let client_id = format!("mqfn/{name}");
+    let mut c = base_config(cfg, &[("client.id", &client_id)]);
+    // No duplicates or reordering from producer retries; implies acks=all.
+    force(&mut c, name, "enable.idempotence", "true");
+    c
+}
+
+/// The group consumer of one route.
+pub(super) fn consumer_config(name: &str, cfg: &KafkaConfig, route: &RouteConfig) -> ClientConfig {
+    let client_id = format!("mqfn/{name}/{}", route.name);
+    let reset = route
+        .source
+        .auto_offset_reset
+        .as_deref()
+        .unwrap_or("earliest");
+    let mut c = base_config(
+        cfg,
+        &[
+            ("client.id", &client_id),
+            ("auto.offset.reset", reset),
+            ("enable.partition.eof", "false"),
+        ],
+    );
+    // The route's own group, whatever a shared property says.
+    c.set("group.id", group_of(route));
+    // Offsets are stored and committed by mqfn, contiguously, after the
+    // results are confirmed.
+    force(&mut c, name, "enable.auto.offset.store", "false");
+    force(&mut c, name, "enable.auto.commit", "false");
+    c
+}
+
+/// The route's consumer group: `group`, else `mqfn-ROUTE`.
+pub fn group_of(route: &RouteConfig) -> String {
+    route
+        .source
+        .group
+        .clone()
+        .unwrap_or_else(|| format!("mqfn-{}", route.name))
+}
+
+/// Forwards librdkafka's logs to `tracing` and tracks reachability.
+#[derive(Debug, Clone)]
+pub struct LogContext {
+    pub(super) broker: String,
+    pub(super) up: Option<Arc<AtomicBool>>,
+}
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log(&self.broker, level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            if let Some(up) = &self.up {
+                set_up(up, &self.broker, false);
+            }
+        }
+        on_error(&self.broker, &error, reason);
+    }
+}
+
+impl ConsumerContext for LogContext {}
+
+/// Logs one librdkafka line at a matching level. Property warnings (a
+/// consumer property given to the producer) are expected: the properties
+/// table is shared by both.
+pub(super) fn log(broker: &str, level: RDKafkaLogLevel, fac: &str, line: &str) {
+    use RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            error!(broker, facility = fac, "librdkafka: {line}")
+        }
+        L::Warning if fac != "CONFWARN" => warn!(broker, facility = fac, "librdkafka: {line}"),
+        _ => debug!(broker, facility = fac, "librdkafka: {line}"),
+    }
+}
+
+pub(super) fn on_error(broker: &str, error: &KafkaError, reason: &str) {
+    warn!(broker, error = %error, reason, "Kafka client error; it reconnects by itself.");
+}

@@ -1,0 +1,214 @@
+//! A route's Kafka source: the async side of the consumer.
+//!
+//! Records arrive from the poll thread ([`super::consumer`]) already
+//! registered with the [`Tracker`]. `next` hands them out, and with them a
+//! settle token: `ack` marks the offset settled (the poll thread commits the
+//! contiguous part on an interval); `nack` keeps the offset pending and
+//! yields the same record again after the delay. A Kafka broker cannot take
+//! a message back, so redelivery is local, and the attempt count it carries
+//! lives in this process only: it starts at 1 again after a restart or a
+//! rebalance.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::time::Instant;
+use tracing::info;
+
+use super::consumer::{Lag, PollThread, Polled};
+use super::offsets::{Tp, Tracker};
+use super::rebalance::GroupContext;
+use super::ConsumerBacklog;
+use crate::brokers::{BacklogProbe, BrokerError, Source};
+use crate::config::{KafkaConfig, RouteConfig};
+use crate::message::{Delivery, Message, Settle};
+
+/// A nacked record waiting to be yielded again.
+struct Retry {
+    due: Instant,
+    tp: Tp,
+    epoch: u64,
+    offset: i64,
+    msg: Message,
+}
+
+/// A consumer-group member for one route.
+pub struct KafkaSource {
+    broker: String,
+    tracker: Arc<Tracker>,
+    lag: Arc<Lag>,
+    rx: UnboundedReceiver<Polled>,
+    retry_tx: UnboundedSender<Retry>,
+    retry_rx: UnboundedReceiver<Retry>,
+    /// Nacked records by due time (and arrival, to keep them apart).
+    waiting: BTreeMap<(Instant, u64), Retry>,
+    seq: u64,
+    thread: Option<PollThread>,
+}
+
+impl KafkaSource {
+    /// Joins the route's consumer group on its topic and starts polling.
+    pub fn subscribe(
+        broker: &str,
+        cfg: &KafkaConfig,
+        route: &RouteConfig,
+        config: &ClientConfig,
+    ) -> Result<Self, BrokerError> {
+        let setup = |message: String| BrokerError::Setup {
+            broker: broker.to_owned(),
+            message: format!("route {}: {message}", route.name),
+        };
+        let topic = route.source.address().unwrap_or_default();
+        let tracker = Arc::new(Tracker::new(cfg.partition_window));
+        let ctx = GroupContext::new(broker, &route.name, tracker.clone());
+        let consumer: BaseConsumer<GroupContext> = config
+            .create_with_context(ctx)
+            .map_err(|e| setup(format!("cannot create the consumer: {e}")))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| setup(format!("cannot subscribe to {topic}: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (retry_tx, retry_rx) = mpsc::unbounded_channel();
+        let lag = Arc::new(Lag::default());
+        let thread = PollThread::spawn(consumer, tx, lag.clone(), cfg.commit_interval)
+            .map_err(|e| setup(format!("cannot start the poll thread: {e}")))?;
+        info!(route = %route.name, topic, group = %super::group_of(route), "Joining the consumer group.");
+        Ok(Self {
+            broker: broker.to_owned(),
+            tracker,
+            lag,
+            rx,
+            retry_tx,
+            retry_rx,
+            waiting: BTreeMap::new(),
+            seq: 0,
+            thread: Some(thread),
+        })
+    }
+
+    fn park(&mut self, r: Retry) {
+        self.seq += 1;
+        self.waiting.insert((r.due, self.seq), r);
+    }
+
+    /// A redelivery that is due, if any.
+    fn due(&mut self) -> Option<Delivery> {
+        let now = Instant::now();
+        while let Some(entry) = self.waiting.first_entry() {
+            if entry.key().0 > now {
+                return None;
+            }
+            let r = entry.remove();
+            if let Some(d) = self.dispatch(r.tp, r.epoch, r.offset, r.msg) {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    /// Hands a record to the route, unless its partition was revoked.
+    fn dispatch(&self, tp: Tp, epoch: u64, offset: i64, msg: Message) -> Option<Delivery> {
+        if !self.tracker.dispatch(&tp, epoch, offset) {
+            return None;
+        }
+        let settle = KafkaSettle {
+            tracker: self.tracker.clone(),
+            tp,
+            epoch,
+            offset,
+            msg: msg.clone(),
+            retry: self.retry_tx.clone(),
+        };
+        Some(Delivery::new(msg, Box::new(settle)))
+    }
+
+    fn receive_err(&self, message: String) -> BrokerError {
+        BrokerError::Receive {
+            broker: self.broker.clone(),
+            message,
+        }
+    }
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn next(&mut self, _room: usize) -> Result<Delivery, BrokerError> {
+        loop {
+            while let Ok(r) = self.retry_rx.try_recv() {
+                self.park(r);
+            }
+            if let Some(d) = self.due() {
+                return Ok(d);
+            }
+            let wake = self.waiting.keys().next().map(|(t, _)| *t);
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                polled = self.rx.recv() => match polled {
+                    Some(Polled::Message { tp, epoch, offset, msg }) => {
+                        if let Some(d) = self.dispatch(tp, epoch, offset, *msg) {
+                            return Ok(d);
+                        }
+                    }
+                    Some(Polled::Error(e)) => return Err(self.receive_err(e)),
+                    None => return Err(self.receive_err("the consumer thread stopped".to_owned())),
+                },
+                Some(r) = self.retry_rx.recv() => self.park(r),
+                _ = tokio::time::sleep_until(wake.unwrap_or(far)), if wake.is_some() => {}
+            }
+        }
+    }
+
+    fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>> {
+        Some(Arc::new(ConsumerBacklog {
+            lag: self.lag.clone(),
+            tracker: self.tracker.clone(),
+        }))
+    }
+
+    async fn close(&mut self) {
+        if let Some(t) = self.thread.take() {
+            t.stop().await;
+        }
+    }
+}
+
+/// Settles one record in the tracker.
+struct KafkaSettle {
+    tracker: Arc<Tracker>,
+    tp: Tp,
+    epoch: u64,
+    offset: i64,
+    /// Kept for a local redelivery after a nack.
+    msg: Message,
+    retry: UnboundedSender<Retry>,
+}
+
+#[async_trait]
+impl Settle for KafkaSettle {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        self.tracker.settle(&self.tp, self.epoch, self.offset);
+        Ok(())
+    }
+
+    async fn nack(&self, delay: Duration) -> Result<(), BrokerError> {
+        if self.tracker.requeue(&self.tp, self.epoch, self.offset) {
+            let mut msg = self.msg.clone();
+            msg.attempt = msg.attempt.saturating_add(1);
+            // A closed channel means the source is gone: the offset stays
+            // uncommitted and the next owner reads the record again.
+            let _ = self.retry.send(Retry {
+                due: Instant::now() + delay,
+                tp: self.tp.clone(),
+                epoch: self.epoch,
+                offset: self.offset,
+                msg,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! `mqfn dlq list|redrive ROUTE`: inspect a route's dead letters, and move
+//! them back to its source with fresh attempt counters.
+
+use std::time::SystemTime;
+
+use clap::{Args, Subcommand};
+
+use crate::brokers::{self, BrokerError, OutMessage};
+use crate::config::{Config, RouteConfig};
+use crate::message::{Headers, Message, SourceMeta};
+
+/// Arguments of `mqfn dlq`.
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+/// The `dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show a route's dead letters (reason, attempts, age) without consuming them.
+    List {
+        /// The route.
+        route: String,
+        /// Show at most this many, oldest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Move dead letters back to the route's source, with fresh attempt counters.
+    Redrive {
+        /// The route.
+        route: String,
+        /// Only dead letters whose header has this value (`name=value`,
+        /// e.g. `mqfn-error-class=retryable`); repeatable, all must match.
+        #[arg(long, value_parser = super::parse_header)]
+        filter: Vec<(String, String)>,
+        /// Move at most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+/// Headers that describe a failure and are dropped on redrive.
+const FAILURE_HEADERS: &[&str] = &[
+    "mqfn-error",
+    "mqfn-error-class",
+    "mqfn-attempts",
+    "mqfn-attempt",
+    "mqfn-route",
+    "mqfn-handler",
+    "mqfn-source",
+    "mqfn-failed-at",
+];
+
+/// Header prefixes that brokers set on delivery, dropped on redrive.
+const BROKER_HEADERS: &[&str] = &[
+    "Nats-",
+    "x-death",
+    "x-delivery-count",
+    "x-first-death-",
+    "x-last-death-",
+];
+
+fn route<'a>(cfg: &'a Config, name: &str) -> Result<&'a RouteConfig, String> {
+    let r = cfg.route(name).ok_or_else(|| {
+        let known: Vec<_> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
+        format!(
+            "{}: no route {name:?} (known: {})",
+            cfg.file.display(),
+            known.join(", ")
+        )
+    })?;
+    if r.dead_letter.is_none() {
+        return Err(format!("route {name} has no dead_letter"));
+    }
+    Ok(r)
+}
+
+/// Runs a `dlq` subcommand.
+pub async fn run(cfg: &Config, args: &DlqArgs) -> Result<(), String> {
+    match &args.command {
+        DlqCommand::List { route: name, limit } => list(cfg, route(cfg, name)?, *limit).await,
+        DlqCommand::Redrive {
+            route: name,
+            filter,
+            limit,
+        } => redrive(cfg, route(cfg, name)?, filter, limit.unwrap_or(usize::MAX)).await,
+    }
+}
+
+async fn list(cfg: &Config, r: &RouteConfig, limit: usize) -> Result<(), String> {
+    let dl = r.dead_letter.as_ref().expect("checked");
+    let broker = brokers::connect(&dl.broker, &cfg.brokers[&dl.broker], true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let msgs = broker.browse(dl, limit).await.map_err(|e| e.to_string())?;
+    broker.close().await;
+    println!(
+        "{:<10} {:>9} {:>8} {:<10} {:<48} PAYLOAD",
+        "POSITION", "AGE", "ATTEMPTS", "CLASS", "ERROR"
+    );
+    for m in &msgs {
+        let h = &m.headers;
+        println!(
+            "{:<10} {:>9} {:>8} {:<10} {:<48} {}",
+            position(m),
+            age(h.get("mqfn-failed-at")),
+            h.get("mqfn-attempts").unwrap_or("-"),
+            h.get("mqfn-error-class").unwrap_or("-"),
+            clip(h.get("mqfn-error").unwrap_or("-"), 48),
+            clip(&String::from_utf8_lossy(&m.payload), 40),
+        );
+    }
+    eprintln!("{} dead letter(s) on {}", msgs.len(), dl.describe());
+    Ok(())
+}
+
+async fn redrive(
+    cfg: &Config,
+    r: &RouteConfig,
+    filter: &[(String, String)],
+    limit: usize,
+) -> Result<(), String> {
+    let dl = r.dead_letter.as_ref().expect("checked");
+    let dl_broker = brokers::connect(&dl.broker, &cfg.brokers[&dl.broker], true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let src_broker = if r.source.broker == dl.broker {
+        dl_broker.clone()
+    } else {
+        brokers::connect(&r.source.broker, &cfg.brokers[&r.source.broker], true)
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    let publisher = src_broker.publisher();
+    let mut taker = dl_broker.take(dl).await.map_err(|e| e.to_string())?;
+    let (mut moved, mut skipped) = (0usize, 0usize);
+    let result = loop {
+        if moved >= limit {
+            break Ok(());
+        }
+        let d = match taker.next(1).await {
+            Ok(d) => d,
+            Err(BrokerError::Drained { .. }) => break Ok(()),
+            Err(e) => break Err(e.to_string()),
+        };
+        if !filter
+            .iter()
+            .all(|(k, v)| d.msg.headers.get(k) == Some(v.as_str()))
+        {
+            skipped += 1;
+            continue; // left in place, untouched
+        }
+        let out = fresh(&d.msg);
+        if let Err(e) = publisher.publish(&r.source, out).await {
+            let _ = d.settle.nack(std::time::Duration::ZERO).await;
+            break Err(format!("redrive stopped: {e}"));
+        }
+        // Only once the source confirmed the copy is the dead letter removed.
+        if let Err(e) = d.settle.ack().await {
+            break Err(format!(
+                "republished but could not remove the dead letter: {e}"
+            ));
+        }
+        moved += 1;
+    };
+    taker.close().await;
+    dl_broker.close().await;
+    src_broker.close().await;
+    eprintln!(
+        "redrove {moved} dead letter(s) from {} to {}; {skipped} left (filter did not match)",
+        dl.describe(),
+        r.source.describe()
+    );
+    result
+}
+
+/// The original message, without the failure headers, counting redrives.
+fn fresh(m: &Message) -> OutMessage {
+    let redrives: u32 = m
+        .headers
+        .get("mqfn-redrives")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut headers: Headers = m
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            !FAILURE_HEADERS.contains(k) && !BROKER_HEADERS.iter().any(|p| k.starts_with(p))
+        })
+        .collect();
+    headers.set("mqfn-redrives", (redrives + 1).to_string());
+    OutMessage {
+        payload: m.payload.clone(),
+        headers,
+        key: m.key.clone(),
+        correlation_id: m.correlation_id.clone(),
+        dedup_id: Some(format!("mqfn-redrive:{}", position(m))),
+        ..OutMessage::default()
+    }
+}
+
+fn position(m: &Message) -> String {
+    match &m.meta {
+        SourceMeta::JetStream { stream, sequence } => format!("{stream}:{sequence}"),
+        SourceMeta::Kafka { partition, offset } => format!("{}:{partition}:{offset}", m.subject),
+        SourceMeta::Amqp { delivery_tag, .. } => format!("{}:{delivery_tag}", m.subject),
+        SourceMeta::Nats | SourceMeta::Local => m.subject.clone(),
+    }
+}
+
+fn age(failed_at: Option<&str>) -> String {
+    let Some(t) = failed_at.and_then(|s| humantime::parse_rfc3339_weak(s).ok()) else {
+        return "-".to_owned();
+    };
+    let secs = SystemTime::now()
+        .duration_since(t)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn clip(s: &str, n: usize) -> String {
+    let one: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one.chars().count() <= n {
+        one
+    } else {
+        one.chars().take(n - 1).chain(['…']).collect()
+    }
+}

@@ -1,0 +1,246 @@
+//! `mqfn dlq list` and `mqfn dlq redrive` against the real NATS server.
+
+mod amqp_support;
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use common::{amqp_url, cli, eventually, nats_url, rand_name, Mqfn};
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn text(o: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+async fn run_cli(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn list_is_non_destructive_and_redrive_moves_with_fresh_counters() {
+    let p = rand_name("dlq");
+    let s = p.to_uppercase();
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    js.get_or_create_stream(stream::Config {
+        name: s.clone(),
+        subjects: vec![format!("{p}.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for body in [
+        "permanent:bad order",
+        "permanent:bad customer",
+        "retry:flaky",
+    ] {
+        js.publish(format!("{p}.in"), body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let cfg = format!(
+        r#"
+[brokers.js]
+kind = "nats"
+url = "{url}"
+
+[[routes]]
+name = "r"
+source = {{ broker = "js", subject = "{p}.in", stream = "{s}" }}
+handler = "fail"
+output = {{ broker = "js", subject = "{p}.out" }}
+dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
+retry = {{ max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }}
+"#,
+        url = nats_url()
+    );
+    let m = Mqfn::start(&cfg);
+    let config = m.config.to_str().unwrap().to_owned();
+    let list = || {
+        let config = config.clone();
+        async move {
+            run_cli(vec![
+                "dlq".into(),
+                "list".into(),
+                "r".into(),
+                "--config".into(),
+                config,
+            ])
+            .await
+        }
+    };
+    let listing = eventually(LONG, "three dead letters", || async {
+        let out = list().await;
+        let (stdout, _) = text(&out);
+        (out.status.success() && stdout.lines().count() == 4).then_some(stdout)
+    })
+    .await;
+    println!("{listing}");
+    assert!(
+        listing.contains("bad order")
+            && listing.contains("bad customer")
+            && listing.contains("flaky")
+    );
+    assert!(listing.contains("permanent") && listing.contains("retryable"));
+    // Listing again shows the same: nothing was consumed.
+    let (again, _) = text(&list().await);
+    assert_eq!(again.lines().count(), 4, "{again}");
+
+    // Redrive only the retryable one.
+    let out = run_cli(vec![
+        "dlq".into(),
+        "redrive".into(),
+        "r".into(),
+        "--config".into(),
+        config.clone(),
+        "--filter".into(),
+        "mqfn-error-class=retryable".into(),
+    ])
+    .await;
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("redrove 1 dead letter(s)") && err.contains("2 left"),
+        "{err}"
+    );
+
+    // It fails again and comes back with fresh counters and a redrive count.
+    let stream = js.get_stream(&s).await.unwrap();
+    let back = eventually(LONG, "the redriven message dead-lettered again", || async {
+        let msg = stream
+            .get_last_raw_message_by_subject(&format!("{p}.dlq"))
+            .await
+            .ok()?;
+        let h = msg.headers;
+        (h.get("mqfn-redrives").map(|v| v.to_string()) == Some("1".into())).then_some(h)
+    })
+    .await;
+    assert_eq!(
+        back.get("mqfn-attempts").unwrap().to_string(),
+        "2",
+        "attempts start afresh"
+    );
+    assert_eq!(back.get("mqfn-error").unwrap().to_string(), "flaky");
+    let (after, _) = text(&list().await);
+    assert_eq!(
+        after.lines().count(),
+        4,
+        "two untouched plus the one that failed again:\n{after}"
+    );
+
+    // --limit bounds a redrive of everything.
+    let out = run_cli(vec![
+        "dlq".into(),
+        "redrive".into(),
+        "r".into(),
+        "--config".into(),
+        config.clone(),
+        "--limit".into(),
+        "2".into(),
+    ])
+    .await;
+    let (_, err) = text(&out);
+    assert!(err.contains("redrove 2 dead letter(s)"), "{err}");
+    drop(m);
+}
+
+#[tokio::test]
+async fn list_and_redrive_on_rabbitmq() {
+    let q = rand_name("dlq");
+    let (input, output, dead) = (format!("{q}.in"), format!("{q}.out"), format!("{q}.dlq"));
+    let cfg = format!(
+        r#"
+{broker}{qi}{qo}{qd}
+[[routes]]
+name = "r"
+source = {{ broker = "rabbit", queue = "{input}" }}
+handler = "fail"
+output = {{ broker = "rabbit", queue = "{output}" }}
+dead_letter = {{ broker = "rabbit", queue = "{dead}" }}
+retry = {{ max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }}
+"#,
+        broker = amqp_support::broker(&amqp_url()),
+        qi = amqp_support::queue_decl(&input, "classic"),
+        qo = amqp_support::queue_decl(&output, "classic"),
+        qd = amqp_support::queue_decl(&dead, "quorum"),
+    );
+    let m = Mqfn::start(&cfg);
+    m.wait_ready(LONG).await;
+    let rabbit = amqp_support::Rabbit::connect(&amqp_url()).await;
+    for body in [
+        "permanent:bad order",
+        "permanent:bad customer",
+        "retry:flaky",
+    ] {
+        rabbit.publish(&input, body).await;
+    }
+    let config = m.config.to_str().unwrap().to_owned();
+    let list = || {
+        let config = config.clone();
+        async move {
+            run_cli(vec![
+                "dlq".into(),
+                "list".into(),
+                "r".into(),
+                "--config".into(),
+                config,
+            ])
+            .await
+        }
+    };
+    let listing = eventually(LONG, "three dead letters", || async {
+        let out = list().await;
+        let (stdout, _) = text(&out);
+        (out.status.success() && stdout.lines().count() == 4).then_some(stdout)
+    })
+    .await;
+    println!("{listing}");
+    assert!(listing.contains("bad order") && listing.contains("retryable"));
+    let (again, _) = text(&list().await);
+    assert_eq!(
+        again.lines().count(),
+        4,
+        "listing consumed nothing:\n{again}"
+    );
+    assert_eq!(rabbit.count(&dead).await, 3);
+
+    let out = run_cli(vec![
+        "dlq".into(),
+        "redrive".into(),
+        "r".into(),
+        "--config".into(),
+        config.clone(),
+        "--filter".into(),
+        "mqfn-error-class=retryable".into(),
+    ])
+    .await;
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("redrove 1 dead letter(s)") && err.contains("2 left"),
+        "{err}"
+    );
+    // The redriven message fails again (fresh attempts: 2 of 2) and returns.
+    let back = rabbit
+        .take_until(&dead, |got| {
+            got.iter()
+                .any(|g| g.headers.get("mqfn-redrives").map(String::as_str) == Some("1"))
+        })
+        .await;
+    let again = back
+        .iter()
+        .find(|g| g.headers.get("mqfn-redrives").map(String::as_str) == Some("1"))
+        .unwrap();
+    assert_eq!(again.headers["mqfn-attempts"], "2", "attempts start afresh");
+    assert_eq!(again.payload, "retry:flaky");
+    drop(m);
+    rabbit.cleanup(&[&input, &output, &dead], &[]).await;
+}
