@@ -3,13 +3,23 @@
 //! One OS thread per route source owns the librdkafka consumer. It polls,
 //! registers each record with the tracker, hands it to the async side
 //! through a channel, pauses and resumes partitions, commits on an
-//! interval, and samples the lag. The group callbacks
+//! interval, and samples the lag.
+//!
+//! The hand-off channel is bounded (about the route's in-flight window):
+//! when the route is busy the thread stops taking records from librdkafka,
+//! whose own prefetch queue (bounded by `queued.max.messages.kbytes`) then
+//! stops fetching. Pausing partitions is kept for the per-partition window
+//! only, because a pause purges librdkafka's prefetched records for that
+//! partition and a resume fetches them again: used for flow control, it
+//! cost a broker round trip per window. While the channel is full the
+//! thread still polls once per [`HOLD_MAX`], so that group callbacks are
+//! served and `max.poll.interval.ms` is never exceeded. The group callbacks
 //! ([`super::rebalance`]) run on this thread too (inside `poll`), so a
 //! revoke may block it, boundedly, while the route finishes the revoked
 //! partitions' messages; no async worker thread is ever blocked.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,7 +29,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
 use tracing::{debug, info, warn};
 
 use super::offsets::Tp;
@@ -27,8 +38,11 @@ use super::rebalance::{commit, partitions, GroupContext};
 use crate::message::Message;
 use crate::telemetry::names;
 
-/// How long one `poll` waits for a record.
+/// How long one `poll` waits for a record, and one wait for room in the
+/// hand-off channel.
 const POLL: Duration = Duration::from_millis(100);
+/// The longest the thread goes without polling while the route is full.
+const HOLD_MAX: Duration = Duration::from_secs(1);
 /// How often the lag is sampled.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 /// The most time one lag sample may spend asking the broker for the
@@ -75,15 +89,19 @@ impl PollThread {
     /// Starts polling `consumer` (already subscribed).
     pub fn spawn(
         consumer: BaseConsumer<GroupContext>,
-        tx: UnboundedSender<Polled>,
+        tx: Sender<Polled>,
         lag: Arc<Lag>,
         commit_interval: Duration,
     ) -> std::io::Result<Self> {
+        // Waiting for room in the channel needs the runtime's timer.
+        let runtime = tokio::runtime::Handle::current();
         let stop = Arc::new(AtomicBool::new(false));
         let route = consumer.context().route.clone();
         let poller = Poller {
             consumer,
             tx,
+            runtime,
+            held: RefCell::new(VecDeque::new()),
             lag,
             commit_interval,
             paused: Cell::new(0),
@@ -115,9 +133,19 @@ impl Drop for PollThread {
     }
 }
 
+/// Whether the route can take more records.
+enum Room {
+    Free,
+    Full,
+    Closed,
+}
+
 struct Poller {
     consumer: BaseConsumer<GroupContext>,
-    tx: UnboundedSender<Polled>,
+    tx: Sender<Polled>,
+    runtime: tokio::runtime::Handle,
+    /// Records polled while the channel was full, oldest first.
+    held: RefCell<VecDeque<Polled>>,
     lag: Arc<Lag>,
     commit_interval: Duration,
     /// Partitions paused for a full window.
@@ -132,11 +160,19 @@ impl Poller {
         let ctx = self.consumer.context().clone();
         let mut last_commit = Instant::now();
         let mut last_lag = Instant::now();
+        let mut last_poll = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            let alive = match self.consumer.poll(POLL) {
-                None => true,
-                Some(Ok(m)) => self.on_message(&m),
-                Some(Err(e)) => self.on_error(&e),
+            let alive = match self.forward_held() {
+                Room::Closed => false,
+                Room::Full if last_poll.elapsed() < HOLD_MAX => true,
+                Room::Free | Room::Full => {
+                    last_poll = Instant::now();
+                    match self.consumer.poll(POLL) {
+                        None => true,
+                        Some(Ok(m)) => self.on_message(&m),
+                        Some(Err(e)) => self.on_error(&e),
+                    }
+                }
             };
             if !alive {
                 break;
@@ -175,14 +211,55 @@ impl Poller {
             self.pause(&tp);
         }
         let msg = Box::new(super::to_message(m, &ctx.route));
-        self.tx
-            .send(Polled::Message {
-                tp,
-                epoch: accepted.epoch,
-                offset: m.offset(),
-                msg,
-            })
-            .is_ok()
+        self.send(Polled::Message {
+            tp,
+            epoch: accepted.epoch,
+            offset: m.offset(),
+            msg,
+        })
+    }
+
+    /// Hands a record to the route, or holds it while the channel is full;
+    /// `false` once the source is gone.
+    fn send(&self, p: Polled) -> bool {
+        let mut held = self.held.borrow_mut();
+        if !held.is_empty() {
+            held.push_back(p);
+            return true;
+        }
+        match self.tx.try_send(p) {
+            Ok(()) => true,
+            Err(TrySendError::Full(p)) => {
+                held.push_back(p);
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Forwards held records, waiting up to [`POLL`] for room.
+    fn forward_held(&self) -> Room {
+        let mut held = self.held.borrow_mut();
+        while let Some(p) = held.pop_front() {
+            match self.tx.try_send(p) {
+                Ok(()) => continue,
+                Err(TrySendError::Closed(_)) => return Room::Closed,
+                Err(TrySendError::Full(p)) => held.push_front(p),
+            }
+            let reserved = self
+                .runtime
+                .block_on(async { tokio::time::timeout(POLL, self.tx.reserve()).await });
+            match reserved {
+                Ok(Ok(permit)) => {
+                    if let Some(p) = held.pop_front() {
+                        permit.send(p);
+                    }
+                }
+                Ok(Err(_closed)) => return Room::Closed,
+                Err(_elapsed) => return Room::Full,
+            }
+        }
+        Room::Free
     }
 
     fn on_error(&self, e: &KafkaError) -> bool {
@@ -194,7 +271,7 @@ impl Poller {
             return true;
         }
         self.last_error.set(Some(Instant::now()));
-        self.tx.send(Polled::Error(e.to_string())).is_ok()
+        self.send(Polled::Error(e.to_string()))
     }
 
     fn pause(&self, tp: &Tp) {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{self, Receiver, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -37,12 +37,18 @@ struct Retry {
     msg: Message,
 }
 
+/// Records polled ahead of the route: its in-flight window, so that the
+/// route never waits on the poll thread and nothing piles up beyond it.
+fn handoff_capacity(route: &RouteConfig) -> usize {
+    (route.workers.max * crate::route::WINDOW_FACTOR).clamp(16, 4096)
+}
+
 /// A consumer-group member for one route.
 pub struct KafkaSource {
     broker: String,
     tracker: Arc<Tracker>,
     lag: Arc<Lag>,
-    rx: UnboundedReceiver<Polled>,
+    rx: Receiver<Polled>,
     retry_tx: UnboundedSender<Retry>,
     retry_rx: UnboundedReceiver<Retry>,
     /// Nacked records by due time (and arrival, to keep them apart).
@@ -72,7 +78,7 @@ impl KafkaSource {
         consumer
             .subscribe(&[topic])
             .map_err(|e| setup(format!("cannot subscribe to {topic}: {e}")))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(handoff_capacity(route));
         let (retry_tx, retry_rx) = mpsc::unbounded_channel();
         let lag = Arc::new(Lag::default());
         let thread = PollThread::spawn(consumer, tx, lag.clone(), cfg.commit_interval)
