@@ -1,6 +1,7 @@
 //! A running route: source → ordering lanes → worker pool → handler →
 //! sink → settle.
 
+mod drive;
 mod invoke;
 pub mod lanes;
 mod settle;
@@ -23,6 +24,7 @@ use crate::message::Delivery;
 use crate::pool::instances::Instances;
 use crate::pool::WorkerPool;
 use crate::telemetry::names;
+use drive::Drivers;
 use lanes::Lanes;
 use stats::RouteStats;
 
@@ -131,6 +133,7 @@ impl Route {
     ) {
         let inflight = Arc::new(Semaphore::new(window));
         let tracker = TaskTracker::new();
+        let drivers = Drivers::start(Drivers::for_runtime(), &tracker);
         let mut failures = 0u32;
         loop {
             let permit = tokio::select! {
@@ -152,7 +155,7 @@ impl Route {
                     self.stats
                         .received
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.dispatch(d, permit, &tracker, &shutdown);
+                    self.dispatch(d, permit, &drivers, &shutdown);
                 }
                 Err(e) => {
                     warn!(route = %self.name, error = %e, "Receive failed; retrying.");
@@ -166,6 +169,7 @@ impl Route {
             }
         }
         info!(route = %self.name, inflight = self.stats.inflight(), "Draining.");
+        drop(drivers);
         tracker.close();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             warn!(
@@ -187,17 +191,17 @@ impl Route {
         self: &Arc<Self>,
         d: Delivery,
         permit: OwnedSemaphorePermit,
-        tracker: &TaskTracker,
+        drivers: &Drivers,
         shutdown: &CancellationToken,
     ) {
         let guard = self.stats.begin(d.received);
         let shutdown = shutdown.clone();
         let Some(lane) = lanes::lane_of(self.ordering, &d.msg) else {
             let route = self.clone();
-            tracker.spawn(async move {
+            drivers.run(Box::pin(async move {
                 route.process(d, &shutdown).await;
                 drop((permit, guard));
-            });
+            }));
             return;
         };
         drop(guard);
@@ -205,7 +209,7 @@ impl Route {
             return; // queued behind its lane; the lane's task will run it
         };
         let route = self.clone();
-        tracker.spawn(async move {
+        drivers.run(Box::pin(async move {
             let mut item: Option<Queued> = Some((first, permit));
             while let Some((d, permit)) = item {
                 let guard = route.stats.begin(d.received);
@@ -213,6 +217,6 @@ impl Route {
                 drop((permit, guard));
                 item = route.lanes.next(&lane);
             }
-        });
+        }));
     }
 }
