@@ -104,8 +104,9 @@ fn route(cfg: &Config, name: &str, workers: usize) -> Result<Arc<Route>> {
 }
 
 async fn call(route: &Route, msg: &Message) -> Result<()> {
+    let mut msg = msg.clone();
     match route
-        .attempt(msg, &NoSettle, &CancellationToken::new())
+        .attempt(&mut msg, &NoSettle, &CancellationToken::new())
         .await
     {
         Attempted::Done(_) => Ok(()),

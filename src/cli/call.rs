@@ -47,7 +47,7 @@ pub async fn run(cfg: &Config, args: &CallArgs) -> Result<(), String> {
         None,
         None,
     );
-    let msg = Message {
+    let mut msg = Message {
         payload: args.msg.read_payload()?,
         headers: args.msg.header_set(),
         key: args.msg.key.clone().map(Into::into),
@@ -57,7 +57,7 @@ pub async fn run(cfg: &Config, args: &CallArgs) -> Result<(), String> {
         ..Message::default()
     };
     let attempted = route
-        .attempt(&msg, &NoSettle, &CancellationToken::new())
+        .attempt(&mut msg, &NoSettle, &CancellationToken::new())
         .await;
     // Stop the handler's processes so that `call` exits promptly.
     built.close().await;

@@ -11,9 +11,9 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::meters::Invocation;
 use super::Route;
 use crate::message::Settle;
-use crate::telemetry::names;
 
 /// A message that failed for good.
 #[derive(Debug, Clone)]
@@ -57,13 +57,13 @@ pub fn backoff(initial: Duration, max: Duration, retry: u32, hint: Option<Durati
 impl Route {
     /// Runs the handler on `msg` until it succeeds, fails for good or runs
     /// out of attempts.
+    /// `msg.attempt` and `msg.deadline` are set for each invocation.
     pub async fn attempt(
         &self,
-        msg: &Message,
+        msg: &mut Message,
         settle: &dyn Settle,
         shutdown: &CancellationToken,
     ) -> Attempted {
-        let mut msg = msg.clone();
         let mut attempt = msg.attempt.max(1);
         loop {
             if self.pool.size() == 0 {
@@ -75,7 +75,7 @@ impl Route {
                 w = self.pool.acquire() => w,
             };
             msg.attempt = attempt;
-            let result = self.invoke_once(&mut msg, settle).await;
+            let result = self.invoke_once(msg, settle).await;
             drop(worker);
             let error = match result {
                 Ok(outputs) => return Attempted::Done(outputs),
@@ -97,7 +97,7 @@ impl Route {
                 attempt,
                 hint,
             );
-            metrics::counter!(names::RETRIES_TOTAL, "route" => self.name.clone()).increment(1);
+            self.meters.retries.increment(1);
             debug!(route = %self.name, attempt, ?delay, error = %error, "Retrying.");
             tokio::select! {
                 biased;
@@ -126,7 +126,7 @@ impl Route {
                     "timed out after {}",
                     humantime::format_duration(self.timeout)
                 ))),
-                "timeout",
+                Invocation::Timeout,
             ),
             Ok(Err(panic)) => {
                 let why = panic
@@ -137,25 +137,22 @@ impl Route {
                 warn!(route = %self.name, handler = %self.handler_name, panic = %why, "Handler panicked.");
                 (
                     Err(HandlerError::crashed(format!("handler panicked: {why}"))),
-                    "crash",
+                    Invocation::Crash,
                 )
             }
-            Ok(Ok(Ok(outputs))) => (Ok(outputs), "ok"),
+            Ok(Ok(Ok(outputs))) => (Ok(outputs), Invocation::Ok),
             Ok(Ok(Err(e))) => {
                 let label = match &e {
-                    HandlerError::Retryable { .. } => "retry",
-                    HandlerError::Crashed { .. } => "crash",
-                    HandlerError::Permanent { .. } => "fail",
+                    HandlerError::Retryable { .. } => Invocation::Retry,
+                    HandlerError::Crashed { .. } => Invocation::Crash,
+                    HandlerError::Permanent { .. } => Invocation::Fail,
                 };
                 (Err(e), label)
             }
         };
-        let handler = self.handler_name.clone();
-        metrics::counter!(names::HANDLER_INVOCATIONS_TOTAL, "handler" => handler.clone(), "result" => label)
-            .increment(1);
-        metrics::histogram!(names::HANDLER_DURATION_SECONDS, "handler" => handler.clone())
-            .record(elapsed.as_secs_f64());
-        crate::telemetry::billing::charge(&handler, elapsed);
+        self.meters.invoked(label);
+        self.meters.duration.record(elapsed.as_secs_f64());
+        self.meters.billed.charge(elapsed);
         result
     }
 }

@@ -4,6 +4,7 @@
 mod drive;
 mod invoke;
 pub mod lanes;
+mod meters;
 mod settle;
 pub mod stats;
 
@@ -23,7 +24,6 @@ use crate::config::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig};
 use crate::message::Delivery;
 use crate::pool::instances::Instances;
 use crate::pool::WorkerPool;
-use crate::telemetry::names;
 use drive::Drivers;
 use lanes::Lanes;
 use stats::RouteStats;
@@ -67,6 +67,7 @@ pub struct Route {
     pub wake: tokio::sync::Notify,
     /// The handler's instance pool, when its kind keeps instances.
     pub instances: Option<Arc<dyn Instances>>,
+    meters: meters::Meters,
 }
 
 type Queued = (Delivery, OwnedSemaphorePermit);
@@ -102,6 +103,7 @@ impl Route {
             lanes: Lanes::default(),
             wake: tokio::sync::Notify::new(),
             instances: None,
+            meters: meters::Meters::new(&cfg.name, &cfg.handler),
         }
     }
 
@@ -150,8 +152,7 @@ impl Route {
             match next {
                 Ok(d) => {
                     failures = 0;
-                    metrics::counter!(names::MESSAGES_RECEIVED_TOTAL, "route" => self.name.clone())
-                        .increment(1);
+                    self.meters.received.increment(1);
                     self.stats
                         .received
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -8,6 +8,7 @@ use mqfn_handlers::{HandlerError, Output};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use super::meters::Outcome;
 use super::{Attempted, Failure, Route};
 use crate::brokers::{OutMessage, PublishError, PublishErrorKind};
 use crate::message::{Delivery, Headers, Message, SourceMeta, REPLY_HEADER};
@@ -22,14 +23,14 @@ const MAX_ERROR_LEN: usize = 1024;
 
 impl Route {
     /// Handles one delivery from start to settle.
-    pub(super) async fn process(&self, d: Delivery, shutdown: &CancellationToken) {
+    pub(super) async fn process(&self, mut d: Delivery, shutdown: &CancellationToken) {
         if let Some(f) = &self.filter {
             if !f
                 .headers
                 .iter()
                 .all(|(k, v)| d.msg.headers.get(k) == Some(v.as_str()))
             {
-                return self.ack(&d, "filtered").await;
+                return self.ack(&d, Outcome::Filtered).await;
             }
         }
         let attempted = match self.max_message_bytes {
@@ -40,7 +41,7 @@ impl Route {
                 )),
                 attempts: d.msg.attempt,
             }),
-            _ => self.attempt(&d.msg, d.settle.as_ref(), shutdown).await,
+            _ => self.attempt(&mut d.msg, d.settle.as_ref(), shutdown).await,
         };
         match attempted {
             Attempted::Done(outputs) => self.deliver(&d, outputs).await,
@@ -51,12 +52,12 @@ impl Route {
 
     async fn deliver(&self, d: &Delivery, outputs: Vec<Output>) {
         let (sink, reply, outcome) = match (&self.output, &d.msg.reply_to, &self.replier) {
-            (Some(sink), _, _) => (Some(sink), None, "ok"),
-            (None, Some(reply), Some(replier)) => (None, Some((reply, replier)), "replied"),
-            _ => (None, None, "ok"),
+            (Some(sink), _, _) => (Some(sink), None, Outcome::Ok),
+            (None, Some(reply), Some(replier)) => (None, Some((reply, replier)), Outcome::Replied),
+            _ => (None, None, Outcome::Ok),
         };
         for (i, out) in outputs.into_iter().enumerate() {
-            let msg = self.out_message(&d.msg, out, &i.to_string());
+            let msg = self.out_message(&d.msg, out, i);
             let result = match (sink, reply) {
                 (Some(s), _) => s.publisher.publish(&s.at, msg).await,
                 (None, Some((to, replier))) => replier.reply(to, msg).await,
@@ -100,7 +101,7 @@ impl Route {
         let Some(sink) = &self.dead_letter else {
             // Only at-most-once sources may lack a dead letter (validated).
             error!(route = %self.name, error = %f.error, attempts = f.attempts, "Message failed and the route has no dead letter; dropped.");
-            return self.ack(d, "dropped").await;
+            return self.ack(d, Outcome::Dropped).await;
         };
         let mut headers = d.msg.headers.clone();
         let error = one_line(&f.error.to_string());
@@ -119,7 +120,7 @@ impl Route {
             headers,
             key: d.msg.key.clone(),
             correlation_id: d.msg.correlation_id.clone(),
-            dedup_id: dedup_id(&self.name, &d.msg, "dlq"),
+            dedup_id: dedup_id(&self.name, &d.msg, None),
             ..OutMessage::default()
         };
         let mut result = sink.publisher.publish(&sink.at, msg.clone()).await;
@@ -135,13 +136,12 @@ impl Route {
         }
         match result {
             Ok(()) => {
-                metrics::counter!(names::DEAD_LETTERS_TOTAL, "route" => self.name.clone())
-                    .increment(1);
+                self.meters.dead_letters.increment(1);
                 self.stats
                     .dead_lettered
                     .fetch_add(1, AtomicOrdering::Relaxed);
                 warn!(route = %self.name, attempts = f.attempts, error = %f.error, "Dead-lettered.");
-                self.ack(d, "dead_lettered").await;
+                self.ack(d, Outcome::DeadLettered).await;
             }
             Err(e) => {
                 let broker = e.to.split('/').next().unwrap_or_default().to_owned();
@@ -159,7 +159,7 @@ impl Route {
         }
     }
 
-    fn out_message(&self, input: &Message, out: Output, index: &str) -> OutMessage {
+    fn out_message(&self, input: &Message, out: Output, index: usize) -> OutMessage {
         let mut headers: Headers = input
             .headers
             .iter()
@@ -173,17 +173,16 @@ impl Route {
             headers,
             key: out.key.or_else(|| input.key.clone()),
             correlation_id: input.correlation_id.clone(),
-            dedup_id: dedup_id(&self.name, input, index),
+            dedup_id: dedup_id(&self.name, input, Some(index)),
             ..OutMessage::default()
         }
     }
 
-    async fn ack(&self, d: &Delivery, outcome: &'static str) {
+    async fn ack(&self, d: &Delivery, outcome: Outcome) {
         match d.settle.ack().await {
             Ok(()) => {
-                metrics::counter!(names::MESSAGES_SETTLED_TOTAL, "route" => self.name.clone(), "outcome" => outcome)
-                    .increment(1);
-                if outcome != "dead_lettered" {
+                self.meters.settled(outcome);
+                if outcome != Outcome::DeadLettered {
                     self.stats.succeeded.fetch_add(1, AtomicOrdering::Relaxed);
                 }
             }
@@ -197,8 +196,7 @@ impl Route {
     }
 
     async fn nack(&self, d: &Delivery, delay: Duration) {
-        metrics::counter!(names::MESSAGES_REDELIVERED_TOTAL, "route" => self.name.clone())
-            .increment(1);
+        self.meters.redelivered.increment(1);
         self.stats.redelivered.fetch_add(1, AtomicOrdering::Relaxed);
         if let Err(e) = d.settle.nack(delay).await {
             warn!(route = %self.name, error = %e, "Nack failed; the broker redelivers after its ack timeout.");
@@ -241,12 +239,14 @@ fn sanitized(headers: &Headers) -> Headers {
 }
 
 /// A deduplication id for results of JetStream inputs, stable across
-/// redeliveries of the same stream message.
-fn dedup_id(route: &str, msg: &Message, suffix: &str) -> Option<String> {
+/// redeliveries of the same stream message: `mqfn:ROUTE:STREAM:SEQ:` and
+/// the output's index, or `dlq` for the dead letter.
+fn dedup_id(route: &str, msg: &Message, output: Option<usize>) -> Option<String> {
     match &msg.meta {
-        SourceMeta::JetStream { stream, sequence } => {
-            Some(format!("mqfn:{route}:{stream}:{sequence}:{suffix}"))
-        }
+        SourceMeta::JetStream { stream, sequence } => Some(match output {
+            Some(i) => format!("mqfn:{route}:{stream}:{sequence}:{i}"),
+            None => format!("mqfn:{route}:{stream}:{sequence}:dlq"),
+        }),
         _ => None,
     }
 }

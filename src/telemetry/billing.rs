@@ -28,11 +28,25 @@ pub fn billed_ms(elapsed: Duration) -> u64 {
 
 /// Adds one invocation of `handler` to the ledger.
 pub fn charge(handler: &str, elapsed: Duration) {
-    let cell = {
+    Account::of(handler).charge(elapsed);
+}
+
+/// One handler's line in the ledger, looked up once and charged per
+/// invocation without a lock.
+#[derive(Debug, Clone)]
+pub struct Account(Arc<AtomicU64>);
+
+impl Account {
+    /// The account of `handler`, opened on first use.
+    pub fn of(handler: &str) -> Self {
         let mut l = ledger().lock().expect("ledger lock");
-        l.entry(handler.to_owned()).or_default().clone()
-    };
-    cell.fetch_add(billed_ms(elapsed), Ordering::Relaxed);
+        Self(l.entry(handler.to_owned()).or_default().clone())
+    }
+
+    /// Bills one invocation that took `elapsed`.
+    pub fn charge(&self, elapsed: Duration) {
+        self.0.fetch_add(billed_ms(elapsed), Ordering::Relaxed);
+    }
 }
 
 /// Billed seconds of `handler` so far.

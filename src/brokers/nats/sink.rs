@@ -35,8 +35,13 @@ impl NatsPublisher {
         }
     }
 
-    fn headers(&self, to: &str, msg: &OutMessage) -> Result<async_nats::HeaderMap, PublishError> {
-        let mut headers = msg.headers.clone();
+    /// The message's NATS headers; takes `msg.headers`.
+    fn headers(
+        &self,
+        to: &str,
+        msg: &mut OutMessage,
+    ) -> Result<async_nats::HeaderMap, PublishError> {
+        let mut headers = std::mem::take(&mut msg.headers);
         if let Some(k) = &msg.key {
             headers.set(KEY_HEADER, String::from_utf8_lossy(k));
         }
@@ -46,14 +51,14 @@ impl NatsPublisher {
         if let Some(r) = &msg.reply_to {
             headers.set(REPLY_HEADER, r.clone());
         }
-        if let Some(id) = &msg.dedup_id {
-            headers.set("Nats-Msg-Id", id.clone());
+        if let Some(id) = msg.dedup_id.take() {
+            headers.set("Nats-Msg-Id", id);
         }
         to_header_map(&headers).map_err(|m| self.fail(to, PublishErrorKind::Rejected, m))
     }
 
-    async fn core(&self, subject: &str, msg: OutMessage) -> Result<(), PublishError> {
-        let headers = self.headers(subject, &msg)?;
+    async fn core(&self, subject: &str, mut msg: OutMessage) -> Result<(), PublishError> {
+        let headers = self.headers(subject, &mut msg)?;
         self.client
             .publish_with_headers(subject.to_owned(), headers, msg.payload)
             .await
@@ -89,12 +94,12 @@ fn classify(kind: jetstream::context::PublishErrorKind) -> PublishErrorKind {
 
 #[async_trait]
 impl Publisher for NatsPublisher {
-    async fn publish(&self, to: &Endpoint, msg: OutMessage) -> Result<(), PublishError> {
+    async fn publish(&self, to: &Endpoint, mut msg: OutMessage) -> Result<(), PublishError> {
         let subject = to.address().unwrap_or_default();
         let Some(js) = &self.js else {
             return self.core(subject, msg).await;
         };
-        let headers = self.headers(subject, &msg)?;
+        let headers = self.headers(subject, &mut msg)?;
         let ack = js
             .publish_with_headers(subject.to_owned(), headers, msg.payload)
             .await
