@@ -1,10 +1,14 @@
-//! Helpers for the Kafka tests: random topics and group, a producer, and a
-//! reader that counts results by consuming them.
+//! Helpers for the Kafka tests (`tests/kafka.rs`,
+//! `tests/reliability_kafka.rs`): random topics and group, a producer, a
+//! reader that counts results by consuming them, and a private broker
+//! ([`tansu::PrivateKafka`]) that a test may kill and restart.
 //!
 //! Results are counted by consuming them (the test broker's reported high
 //! watermark can trail the log end). Time limits only bound a hung test.
 
 #![allow(dead_code)] // each test crate uses a different part
+
+pub mod tansu;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
