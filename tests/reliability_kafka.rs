@@ -1,15 +1,16 @@
-//! Fault injection on Kafka: a broker restart mid-run, on a private tansu
-//! whose log is kept in S3. (SIGKILLs of mqfn, rebalances and poison
-//! messages are in tests/kafka.rs.)
+//! Fault injection on Kafka: a broker restart mid-run (on a private tansu
+//! whose log is kept in S3), handler faults and hostile input. (SIGKILLs of
+//! mqfn, rebalances and poison messages are in tests/kafka.rs.)
 
 mod common;
 mod kafka_support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{eventually, kafka_bootstrap, metric};
 use kafka_support::tansu::PrivateKafka;
-use kafka_support::{dump, started, Fixture, Rec, LONG};
+use kafka_support::{dump, started, Fixture, Out, Rec, LONG};
 
 /// The source's broker is killed (SIGKILL) mid-run and restarted on the
 /// same port and storage. Outputs go to the shared test broker, which stays
@@ -84,4 +85,151 @@ async fn source_broker_restart_mid_run_loses_nothing() {
         },
     )
     .await;
+}
+
+/// A dead letter's reason: (`mqfn-error-class`, `mqfn-error`).
+fn reason(o: &Out) -> (String, String) {
+    (
+        o.headers["mqfn-error-class"].clone(),
+        o.headers["mqfn-error"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handler_faults_are_contained_and_the_route_keeps_flowing() {
+    const BIG: usize = 1000;
+    let f = Fixture::new(2);
+    // The second route makes a 1.1 MB result from a 400 kB input: more than
+    // the producer's message.max.bytes (1,000,000 by default).
+    let pad = "x".repeat(700_000);
+    let extra = format!(
+        r#"timeout = "300ms"
+
+[handlers.inflate]
+kind = "builtin"
+builtin = "json-transform"
+options = {{ set = {{ pad = "{pad}" }} }}
+
+[[routes]]
+name = "big"
+source = {{ broker = "k", topic = "{p}.big", group = "{g}-big", create = {{ partitions = 1 }} }}
+handler = "inflate"
+output = {{ broker = "k", topic = "{p}.out" }}
+dead_letter = {{ broker = "k", topic = "{p}.dlq" }}
+"#,
+        p = f.p,
+        g = f.group,
+    );
+    let m = started(&f.config("fail", "", &extra)).await;
+    let _log = dump("", &m);
+    f.produce((0..103).map(|i| match i {
+        0 => Rec::new(i, "panic"),
+        1 => Rec::new(i, "sleep:5000"),
+        _ => Rec::new(i, format!("fine {i}")),
+    }))
+    .await;
+    let body = format!("{{\"data\":\"{}\"}}", "y".repeat(400_000));
+    f.produce_to("big", [Rec::new(BIG, body)]).await;
+    let mut dlq = f.reader("dlq", 1);
+    dlq.until_distinct(3, LONG).await;
+    let mut out = f.reader("out", 2);
+    out.until_distinct(101, LONG).await;
+    out.drain(Duration::from_secs(2)).await;
+    dlq.drain(Duration::from_secs(1)).await;
+    let reasons: BTreeMap<usize, (String, String)> =
+        dlq.records.iter().map(|o| (o.n(), reason(o))).collect();
+    println!("{reasons:#?}");
+    assert_eq!(
+        reasons.keys().copied().collect::<Vec<_>>(),
+        [0, 1, BIG],
+        "the panic, the hang and the oversized result are dead-lettered"
+    );
+    assert_eq!(out.distinct(), 101, "every healthy message went through");
+    assert!((2..103).all(|n| out.counts.contains_key(&n)));
+    for n in [0, 1] {
+        let attempts = &dlq.get(n).expect("dead letter").headers["mqfn-attempts"];
+        assert_eq!(attempts, "3", "{n}: retried up to max_attempts");
+    }
+    assert_eq!(reasons[&0].0, "crashed");
+    assert!(reasons[&0].1.contains("panicked"), "{:?}", reasons[&0]);
+    assert!(
+        reasons[&1].1.contains("timed out after 300ms"),
+        "{:?}",
+        reasons[&1]
+    );
+    assert_eq!(reasons[&BIG].0, "permanent");
+    assert!(
+        reasons[&BIG].1.contains("refused by the broker") && reasons[&BIG].1.contains("too large"),
+        "{:?}",
+        reasons[&BIG]
+    );
+    let big = dlq.get(BIG).expect("the oversized one");
+    assert_eq!(big.raw.len(), 400_011, "the original input, not the result");
+    let t = m.metrics().await;
+    let invocations = |result: &str| {
+        metric(
+            &t,
+            &format!("mqfn_handler_invocations_total{{handler=\"fail\",result=\"{result}\"}}"),
+        )
+    };
+    assert!(invocations("crash") >= Some(2.0));
+    assert!(invocations("timeout") >= Some(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_input_is_dead_lettered_with_the_reason() {
+    let f = Fixture::new(1);
+    let extra = r#"max_message_bytes = 1000
+
+[handlers.tag]
+kind = "builtin"
+builtin = "json-transform"
+options = { set = { ok = true } }
+"#;
+    let m = started(&f.config("tag", "", extra)).await;
+    let _log = dump("", &m);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "oversized",
+            format!("{{\"pad\":\"{}\"}}", "z".repeat(2000)).into_bytes(),
+        ),
+        ("not-utf8", vec![0xff, 0xfe, 0x00, 0x7b]),
+        ("malformed", b"{\"unterminated\": ".to_vec()),
+        ("not-object", b"[1,2,3]".to_vec()),
+        ("good", b"{\"a\":1}".to_vec()),
+    ];
+    f.produce(
+        cases
+            .iter()
+            .enumerate()
+            .map(|(n, (case, body))| Rec::new(n, body.clone()).header("case", *case)),
+    )
+    .await;
+    let mut dlq = f.reader("dlq", 1);
+    dlq.until_distinct(4, LONG).await;
+    let mut out = f.reader("out", 1);
+    out.until_distinct(1, LONG).await;
+    out.drain(Duration::from_secs(1)).await;
+    dlq.drain(Duration::from_secs(1)).await;
+    assert_eq!(out.records.len(), 1);
+    assert_eq!(out.records[0].headers["case"], "good");
+    assert_eq!(out.records[0].payload, r#"{"a":1,"ok":true}"#);
+    let mut reasons = BTreeMap::new();
+    for d in &dlq.records {
+        let case = d.headers["case"].as_str();
+        let (_, original) = cases.iter().find(|(c, _)| *c == case).expect("a case");
+        assert_eq!(
+            &d.raw, original,
+            "{case}: the original payload, byte for byte"
+        );
+        let (class, error) = reason(d);
+        assert_eq!(class, "permanent", "{case}");
+        reasons.insert(case.to_owned(), error);
+    }
+    println!("{reasons:#?}");
+    assert_eq!(reasons.len(), 4);
+    assert!(reasons["oversized"].contains("larger than max_message_bytes (1000)"));
+    assert!(reasons["not-utf8"].contains("not valid JSON"));
+    assert!(reasons["malformed"].contains("not valid JSON"));
+    assert!(reasons["not-object"].contains("not an object"));
 }
