@@ -1,5 +1,5 @@
 //! Fault injection on RabbitMQ: SIGKILL mqfn three times mid-run, handler
-//! faults and hostile input.
+//! faults, hostile input, and headers that the output broker cannot carry.
 //! (Connection loss, unconfirmed publishes and poison messages across a
 //! SIGKILL are in tests/amqp.rs.)
 
@@ -281,4 +281,98 @@ async fn hostile_input_is_dead_lettered_with_the_reason() {
     );
     drop(m);
     rabbit.cleanup(&q.all(), &[]).await;
+}
+
+/// AMQP header values may hold line breaks and names may hold spaces; NATS
+/// refuses both. The result is refused, so the input is dead-lettered on
+/// NATS with its headers sanitized; the other messages flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_nats_cannot_carry_are_dead_lettered_with_the_reason() {
+    let input = rand_name("hdr_in");
+    let (s, stream, js) = common::js_stream("amqphdr").await;
+    let cfg = format!(
+        r#"
+{b}{qi}
+[brokers.js]
+kind = "nats"
+url = "{nats}"
+
+[[routes]]
+name = "r"
+source = {{ broker = "rabbit", queue = "{input}" }}
+handler = "echo"
+output = {{ broker = "js", subject = "{s}.out" }}
+dead_letter = {{ broker = "js", subject = "{s}.dlq" }}
+"#,
+        b = broker(&amqp_url()),
+        qi = queue_decl(&input, "classic"),
+        nats = common::nats_url(),
+    );
+    let m = Mqfn::start(&cfg);
+    m.wait_ready(LONG).await;
+    let rabbit = Rabbit::connect(&amqp_url()).await;
+    rabbit
+        .publish_all(
+            &input,
+            (0..22).map(|i| {
+                let mut h = vec![("id", i.to_string())];
+                match i {
+                    0 => h.push(("note", "line one\r\nline two".to_owned())),
+                    1 => h.push(("bad name", "x".to_owned())),
+                    _ => {}
+                }
+                (format!("m{i}"), h)
+            }),
+        )
+        .await;
+    let header = |m: &async_nats::jetstream::Message, k: &str| -> String {
+        let h = m.headers.as_ref().expect("headers");
+        h.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default()
+    };
+    let outs = eventually(LONG, "20 results on NATS", || async {
+        let o = common::js_read(&js, &stream, &format!("{s}.out")).await;
+        (o.len() >= 20).then_some(o)
+    })
+    .await;
+    let dead = eventually(LONG, "2 dead letters on NATS", || async {
+        let d = common::js_read(&js, &stream, &format!("{s}.dlq")).await;
+        (d.len() >= 2).then_some(d)
+    })
+    .await;
+    let mut ids: Vec<usize> = outs
+        .iter()
+        .map(|o| header(o, "id").parse().expect("a number"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (2..22).collect::<Vec<_>>(),
+        "the other messages went through"
+    );
+    let mut reasons = BTreeMap::new();
+    for d in &dead {
+        let id = header(d, "id");
+        assert_eq!(
+            d.payload,
+            format!("m{id}").as_bytes(),
+            "the original payload"
+        );
+        assert_eq!(header(d, "mqfn-error-class"), "permanent");
+        assert_eq!(header(d, "mqfn-headers-sanitized"), "true");
+        reasons.insert(id, header(d, "mqfn-error"));
+    }
+    println!("{reasons:#?}");
+    let by = |id: &str| dead.iter().find(|d| header(d, "id") == id).expect(id);
+    assert_eq!(header(by("0"), "note"), "line one  line two");
+    assert_eq!(header(by("1"), "bad_name"), "x");
+    assert!(reasons["0"].contains("line break"), "{}", reasons["0"]);
+    assert!(
+        reasons["1"].contains("not valid for NATS"),
+        "{}",
+        reasons["1"]
+    );
+    assert_eq!(rabbit.count(&input).await, 0, "the input queue is drained");
+    drop(m);
+    rabbit.cleanup(&[&input], &[]).await;
+    let _ = js.delete_stream(&stream).await;
 }

@@ -1,7 +1,9 @@
 //! Fault injection on Kafka: a broker restart mid-run (on a private tansu
-//! whose log is kept in S3), handler faults and hostile input. (SIGKILLs of
-//! mqfn, rebalances and poison messages are in tests/kafka.rs.)
+//! whose log is kept in S3), handler faults, hostile input, and headers
+//! that the output broker cannot carry. (SIGKILLs of mqfn, rebalances and
+//! poison messages are in tests/kafka.rs.)
 
+mod amqp_support;
 mod common;
 mod kafka_support;
 
@@ -232,4 +234,164 @@ options = { set = { ok = true } }
     assert!(reasons["not-utf8"].contains("not valid JSON"));
     assert!(reasons["malformed"].contains("not valid JSON"));
     assert!(reasons["not-object"].contains("not an object"));
+}
+
+/// Kafka headers carry any bytes; NATS headers cannot hold a line break or
+/// a space in a name, and AMQP header names stop at 255 bytes. A result the
+/// output broker refuses sends its input to the dead letter with the reason
+/// (and a dead letter refused for its headers is sent again with them
+/// sanitized); every other message flows on.
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_the_output_broker_cannot_carry_are_dead_lettered_with_the_reason() {
+    let f = Fixture::new(1);
+    let (s, stream, js) = common::js_stream("hdr").await;
+    let queue = common::rand_name("hdr_out");
+    let config = format!(
+        r#"
+[brokers.k]
+kind = "kafka"
+bootstrap = "{bootstrap}"
+commit_interval = "500ms"
+
+[brokers.k.properties]
+"session.timeout.ms" = "6000"
+
+[brokers.js]
+kind = "nats"
+url = "{nats}"
+
+{rabbit}{queue_decl}
+[[routes]]
+name = "to-nats"
+source = {{ broker = "k", topic = "{p}.in", group = "{g}", create = {{ partitions = 1 }} }}
+handler = "echo"
+output = {{ broker = "js", subject = "{s}.out" }}
+dead_letter = {{ broker = "js", subject = "{s}.dlq" }}
+
+[[routes]]
+name = "to-amqp"
+source = {{ broker = "k", topic = "{p}.amqp", group = "{g}-amqp", create = {{ partitions = 1 }} }}
+handler = "echo"
+output = {{ broker = "rabbit", queue = "{queue}" }}
+dead_letter = {{ broker = "k", topic = "{p}.dlq", create = {{ partitions = 1 }} }}
+"#,
+        bootstrap = f.bootstrap,
+        nats = common::nats_url(),
+        rabbit = amqp_support::broker(&common::amqp_url()),
+        queue_decl = amqp_support::queue_decl(&queue, "classic"),
+        p = f.p,
+        g = f.group,
+    );
+    let m = started(&config).await;
+    let _log = dump("", &m);
+    let long_name = "h".repeat(300);
+    f.produce((0..54).map(|n| {
+        let r = Rec::new(n, format!("m{n}"));
+        match n {
+            0 => r.header("note", "line one\r\nline two"),
+            1 => r.header("bad name", "x"),
+            2 => r.header("bin", vec![0xff, b'A']),
+            _ => r,
+        }
+    }))
+    .await;
+    f.produce_to(
+        "amqp",
+        (100..111).map(|n| {
+            let r = Rec::new(n, format!("m{n}"));
+            if n == 100 {
+                r.header(&long_name, "v")
+            } else {
+                r
+            }
+        }),
+    )
+    .await;
+    let n_of = |m: &async_nats::jetstream::Message| -> usize {
+        let h = m.headers.as_ref().expect("headers");
+        h.get("n").expect("n").as_str().parse().expect("a number")
+    };
+    let outs = eventually(LONG, "51 results on NATS", || async {
+        let o = common::js_read(&js, &stream, &format!("{s}.out")).await;
+        (o.len() >= 51).then_some(o)
+    })
+    .await;
+    let dead = eventually(LONG, "2 dead letters on NATS", || async {
+        let d = common::js_read(&js, &stream, &format!("{s}.dlq")).await;
+        (d.len() >= 2).then_some(d)
+    })
+    .await;
+    let rabbit = amqp_support::Rabbit::connect(&common::amqp_url()).await;
+    let got = rabbit.take(&queue, 10).await;
+    let mut kafka_dlq = f.reader("dlq", 1);
+    kafka_dlq.until_distinct(1, LONG).await;
+
+    let mut ns: Vec<usize> = outs.iter().map(n_of).collect();
+    ns.sort_unstable();
+    assert_eq!(
+        ns,
+        (2..54).collect::<Vec<_>>(),
+        "every other message went through, once"
+    );
+    let bin = outs.iter().find(|m| n_of(m) == 2).expect("n=2");
+    let bin = bin
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("bin"))
+        .expect("bin");
+    assert_eq!(
+        bin.as_str(),
+        "\u{fffd}A",
+        "a non-UTF-8 value arrives converted, not refused"
+    );
+
+    let header = |m: &async_nats::jetstream::Message, k: &str| -> String {
+        let h = m.headers.as_ref().expect("headers");
+        h.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default()
+    };
+    let mut reasons = BTreeMap::new();
+    for d in &dead {
+        let n = n_of(d);
+        assert_eq!(
+            d.payload,
+            format!("m{n}").as_bytes(),
+            "the original payload"
+        );
+        assert_eq!(header(d, "mqfn-error-class"), "permanent");
+        assert_eq!(header(d, "mqfn-headers-sanitized"), "true");
+        reasons.insert(n, header(d, "mqfn-error"));
+    }
+    let line = dead.iter().find(|d| n_of(d) == 0).expect("n=0");
+    assert_eq!(header(line, "note"), "line one  line two");
+    let name = dead.iter().find(|d| n_of(d) == 1).expect("n=1");
+    assert_eq!(header(name, "bad_name"), "x");
+
+    let mut to_amqp: Vec<String> = got.iter().map(|g| g.headers["n"].clone()).collect();
+    to_amqp.sort();
+    assert_eq!(
+        to_amqp,
+        (101..111).map(|n| n.to_string()).collect::<Vec<_>>()
+    );
+    let refused = kafka_dlq.get(100).expect("n=100");
+    assert_eq!(refused.headers["mqfn-error-class"], "permanent");
+    assert_eq!(
+        refused.headers[&long_name], "v",
+        "Kafka keeps the header as it was"
+    );
+    reasons.insert(100, refused.headers["mqfn-error"].clone());
+    println!("{reasons:#?}");
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[&0].contains("line break"), "{}", reasons[&0]);
+    assert!(
+        reasons[&1].contains("not valid for NATS"),
+        "{}",
+        reasons[&1]
+    );
+    assert!(
+        reasons[&100].contains("AMQP allows at most 255"),
+        "{}",
+        reasons[&100]
+    );
+    rabbit.cleanup(&[&queue], &[]).await;
+    let _ = js.delete_stream(&stream).await;
 }
