@@ -220,7 +220,12 @@ fn start_moto(port: u16, log: &Path) -> Child {
         .stdout(out.try_clone().expect("log"))
         .stderr(out)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run the moto S3 server ({program}): {e}; run \
+                 `python3 -m pip install 'moto[server]'`, or set MOTO_SERVER"
+            )
+        })
 }
 
 /// Whether `program args` runs and exits with success.
