@@ -4,7 +4,8 @@
 #   scripts/test.sh
 #
 # 1. brokers: NATS, RabbitMQ and a Kafka-compatible broker (tansu) on
-#    127.0.0.1, started when missing (scripts/services.sh);
+#    127.0.0.1, started when missing (scripts/services.sh), and moto, the S3
+#    server under the private tansu that tests/reliability_kafka.rs restarts;
 # 2. the handler SDK tests (Python unittest, Node's test runner) and the
 #    deploy cross-checks (compose, Prometheus, Grafana, k8s);
 # 3. the Rust tests: unit tests and the integration tests in tests/, which
@@ -21,6 +22,9 @@ if ! pkg-config --exists openssl zlib 2>/dev/null; then
 fi
 
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+# moto's S3 server stores the log of the private Kafka broker (tansu) that
+# tests/reliability_kafka.rs kills and restarts.
+python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
 
 echo "== handler SDKs (Python)"
 python3 -m unittest discover -s tests/sdk -p 'test_*.py'

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, stream};
 use common::{eventually, free_port, metric, nats_url, rand_name, Mqfn};
 use futures::StreamExt;
 
@@ -92,38 +92,18 @@ dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
 
     /// Every message on `{p}.{suffix}` now: id → copies.
     async fn ids(&self, suffix: &str) -> BTreeMap<String, usize> {
-        let stream = self.js.get_stream(&self.s).await.expect("stream");
-        let c = stream
-            .create_consumer(consumer::pull::Config {
-                filter_subject: format!("{}.{suffix}", self.p),
-                ack_policy: consumer::AckPolicy::None,
-                ..Default::default()
-            })
-            .await
-            .expect("reader");
+        let subject = format!("{}.{suffix}", self.p);
         let mut out = BTreeMap::new();
-        loop {
-            let mut batch = c
-                .fetch()
-                .max_messages(2000)
-                .messages()
-                .await
-                .expect("fetch");
-            let mut got = 0;
-            while let Some(Ok(m)) = batch.next().await {
-                got += 1;
-                let id = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("id"))
-                    .map(|v| v.to_string())
-                    .unwrap_or_default();
-                *out.entry(id).or_insert(0) += 1;
-            }
-            if got == 0 {
-                return out;
-            }
+        for m in common::js_read(&self.js, &self.s, &subject).await {
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("id"))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            *out.entry(id).or_insert(0) += 1;
         }
+        out
     }
 }
 

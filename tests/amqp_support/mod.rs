@@ -28,7 +28,10 @@ pub struct Rabbit {
 
 /// One message read back, with its headers as text.
 pub struct Got {
+    /// The payload as text (lossy).
     pub payload: String,
+    /// The payload, byte for byte.
+    pub data: Vec<u8>,
     pub headers: HashMap<String, String>,
     pub correlation_id: Option<String>,
 }
@@ -46,10 +49,10 @@ impl Rabbit {
     }
 
     /// Publishes to a queue through the default exchange, confirmed.
-    pub async fn publish_all<'a>(
+    pub async fn publish_all<'a, P: AsRef<[u8]>>(
         &self,
         queue: &str,
-        msgs: impl IntoIterator<Item = (String, Vec<(&'a str, String)>)>,
+        msgs: impl IntoIterator<Item = (P, Vec<(&'a str, String)>)>,
     ) {
         for (payload, headers) in msgs {
             let mut t = FieldTable::default();
@@ -65,7 +68,7 @@ impl Rabbit {
             };
             let _confirm = self
                 .ch
-                .basic_publish("".into(), queue.into(), opts, payload.as_bytes(), props)
+                .basic_publish("".into(), queue.into(), opts, payload.as_ref(), props)
                 .await
                 .expect("publish");
         }
@@ -140,6 +143,7 @@ impl Rabbit {
                 .unwrap_or_default();
             got.push(Got {
                 payload: String::from_utf8_lossy(&d.data).into_owned(),
+                data: d.data.clone(),
                 headers,
                 correlation_id: d
                     .properties

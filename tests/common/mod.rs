@@ -294,3 +294,41 @@ pub async fn js_stream(prefix: &str) -> (String, String, async_nats::jetstream::
     .expect("create stream");
     (p, s, js)
 }
+
+/// Every message on `subject` in `stream` now, oldest first, read with an
+/// ephemeral consumer that acknowledges nothing.
+pub async fn js_read(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: &str,
+) -> Vec<async_nats::jetstream::Message> {
+    use async_nats::jetstream::consumer;
+    use futures::StreamExt;
+    let c = js
+        .get_stream(stream)
+        .await
+        .expect("stream")
+        .create_consumer(consumer::pull::Config {
+            filter_subject: subject.to_owned(),
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("reader");
+    let mut out = Vec::new();
+    loop {
+        let mut batch = c
+            .fetch()
+            .max_messages(2000)
+            .messages()
+            .await
+            .expect("fetch");
+        let before = out.len();
+        while let Some(Ok(m)) = batch.next().await {
+            out.push(m);
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
+}
