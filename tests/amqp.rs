@@ -132,11 +132,13 @@ name = \"{unbound}\"
     );
     assert_eq!(
         metric(&metrics, "mqfn_dead_letters_total{route=\"a\"}"),
-        None
+        Some(0.0),
+        "registered at start, never incremented"
     );
     assert_eq!(
         metric(&metrics, "mqfn_dead_letters_total{route=\"b\"}"),
-        None
+        Some(0.0),
+        "registered at start, never incremented"
     );
     // Stop: whatever was held goes back; nothing is lost or acked.
     m.signal("TERM");

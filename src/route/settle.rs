@@ -243,10 +243,20 @@ fn sanitized(headers: &Headers) -> Headers {
 /// the output's index, or `dlq` for the dead letter.
 fn dedup_id(route: &str, msg: &Message, output: Option<usize>) -> Option<String> {
     match &msg.meta {
-        SourceMeta::JetStream { stream, sequence } => Some(match output {
-            Some(i) => format!("mqfn:{route}:{stream}:{sequence}:{i}"),
-            None => format!("mqfn:{route}:{stream}:{sequence}:dlq"),
-        }),
+        SourceMeta::JetStream { stream, sequence } => {
+            // Built by hand: `format!` here was 3% of the instructions per
+            // message.
+            let mut n = itoa::Buffer::new();
+            let mut id = String::with_capacity(route.len() + stream.len() + 32);
+            for part in ["mqfn:", route, ":", stream, ":", n.format(*sequence), ":"] {
+                id.push_str(part);
+            }
+            id.push_str(match output {
+                Some(i) => n.format(i),
+                None => "dlq",
+            });
+            Some(id)
+        }
         _ => None,
     }
 }
@@ -291,6 +301,26 @@ mod tests {
         assert_eq!(s.get("bad_name_x"), Some("line  break"));
         assert_eq!(s.get("ok"), Some("fine"));
         assert_eq!(s.get("mqfn-headers-sanitized"), Some("true"));
+    }
+
+    #[test]
+    fn dedup_ids_name_route_stream_sequence_and_output() {
+        let msg = Message {
+            meta: SourceMeta::JetStream {
+                stream: "IN".into(),
+                sequence: 42,
+            },
+            ..Message::default()
+        };
+        assert_eq!(
+            dedup_id("r", &msg, Some(3)).as_deref(),
+            Some("mqfn:r:IN:42:3")
+        );
+        assert_eq!(
+            dedup_id("r", &msg, None).as_deref(),
+            Some("mqfn:r:IN:42:dlq")
+        );
+        assert_eq!(dedup_id("r", &Message::default(), Some(0)), None);
     }
 
     #[test]
