@@ -13,7 +13,8 @@ FROM rust:1-bookworm AS builder
 
 # rdkafka (via rdkafka-sys) builds its bundled librdkafka with librdkafka's own
 # ./configure + make: it needs a C toolchain, python3, pkg-config, zlib and
-# OpenSSL headers (Kafka TLS and SASL). No cmake: nothing in Cargo.lock needs the cmake binary on
+# OpenSSL headers (Kafka TLS and SASL). The jemalloc allocator
+# (tikv-jemalloc-sys) builds with the same C toolchain and make. No cmake: nothing in Cargo.lock needs the cmake binary on
 # x86_64/aarch64 Linux (aws-lc-sys uses its cc builder there).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \

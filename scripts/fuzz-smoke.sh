@@ -31,9 +31,12 @@ for target in config frame; do
   seeds=("regressions/$target")
   [[ "$target" == config ]] && seeds+=("../config")
   echo "== fuzz $target, ${SECS} s"
-  cargo fuzz run "$target" "$work/$target" "${seeds[@]}" -- \
-    -max_total_time="$SECS" -print_final_stats=1 2>&1 |
-    grep -E 'stat::number_of_executed_units|Done|ERROR|SUMMARY|panicked|==[0-9]+==' || true
-  # grep swallows the exit status; check the pipeline's first command.
-  [[ "${PIPESTATUS[0]}" == 0 ]] || { echo "fuzz-smoke: $target failed" >&2; exit 1; }
+  log="$work/$target.log"
+  if ! cargo fuzz run "$target" "$work/$target" "${seeds[@]}" -- \
+    -max_total_time="$SECS" -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 80 "$log" >&2
+    echo "fuzz-smoke: $target failed (crash input and stack above)" >&2
+    exit 1
+  fi
+  grep -E '^Done|stat::number_of_executed_units' "$log"
 done

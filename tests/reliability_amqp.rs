@@ -223,6 +223,103 @@ retry = { max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }"#;
     rabbit.cleanup(&q.all(), &[]).await;
 }
 
+/// Lowers the RabbitMQ node's `max_message_size` (node-wide; read by each
+/// channel when it opens) and puts the old value back when dropped. The
+/// tests that run beside this one publish far less than the lowered limit.
+struct MaxMessageSize(String);
+
+impl MaxMessageSize {
+    fn lower_to(bytes: u64) -> Self {
+        let old = rabbitmqctl("application:get_env(rabbit, max_message_size).");
+        let old = old
+            .trim()
+            .strip_prefix("{ok,")
+            .and_then(|v| v.strip_suffix('}'))
+            .unwrap_or("134217728")
+            .to_owned();
+        rabbitmqctl(&format!(
+            "application:set_env(rabbit, max_message_size, {bytes})."
+        ));
+        Self(old)
+    }
+}
+
+impl Drop for MaxMessageSize {
+    fn drop(&mut self) {
+        rabbitmqctl(&format!(
+            "application:set_env(rabbit, max_message_size, {}).",
+            self.0
+        ));
+    }
+}
+
+/// Runs `rabbitmqctl eval EXPR` on the test broker's node.
+fn rabbitmqctl(expr: &str) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["eval", expr])
+        .output()
+        .expect("rabbitmqctl (from the rabbitmq-server package) runs on the test machine");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl eval {expr}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_too_large_for_the_broker_is_dead_lettered_with_the_reason() {
+    // 1 MiB: the 400 kB input (and its dead letter) fits, its 1.1 MB
+    // result does not.
+    let _limit = MaxMessageSize::lower_to(1024 * 1024);
+    let q = Queues::new("toolarge");
+    let pad = "p".repeat(1_100_000);
+    let top = format!(
+        "[handlers.inflate]\nkind = \"builtin\"\nbuiltin = \"json-transform\"\noptions = {{ set = {{ pad = \"{pad}\" }} }}\n"
+    );
+    let m = Mqfn::start(&q.config("inflate", "", &top));
+    m.wait_ready(LONG).await;
+    let rabbit = Rabbit::connect(&amqp_url()).await;
+    let big = format!("{{\"fill\":\"{}\"}}", "b".repeat(400_000));
+    rabbit
+        .publish_all(
+            &q.input,
+            [
+                (big.clone().into_bytes(), vec![("id", "big".to_owned())]),
+                (b"{}".to_vec(), vec![("id", "small".to_owned())]),
+            ],
+        )
+        .await;
+    // Every result of this handler is 1.1 MB, so the small input's is
+    // refused too: both end as dead letters, nothing is stuck.
+    eventually(LONG, "two dead letters", || async {
+        (rabbit.count(&q.dead).await >= 2).then_some(())
+    })
+    .await;
+    let dead = rabbit.take(&q.dead, 2).await;
+    let reasons = reasons(&dead);
+    println!("{reasons:#?}");
+    for id in ["big", "small"] {
+        assert_eq!(reasons[id].0, "permanent", "{id}");
+        assert!(
+            reasons[id].1.contains("result refused by the broker")
+                && reasons[id].1.contains("larger than configured max size"),
+            "{id}: {:?}",
+            reasons[id]
+        );
+    }
+    let kept = dead.iter().find(|g| g.headers["id"] == "big").expect("big");
+    assert_eq!(
+        kept.data,
+        big.as_bytes(),
+        "the original input, not the result"
+    );
+    assert_eq!(rabbit.count(&q.output).await, 0);
+    assert_eq!(rabbit.count(&q.input).await, 0, "nothing left behind");
+    drop(m);
+    rabbit.cleanup(&q.all(), &[]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_is_dead_lettered_with_the_reason() {
     let q = Queues::new("hostile");
