@@ -223,6 +223,65 @@ retry = { max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }"#;
     rabbit.cleanup(&q.all(), &[]).await;
 }
 
+/// A process handler that writes garbage on its protocol stdout and one
+/// that exits mid-request are crashes: retried, then dead-lettered, while
+/// the same handler's other messages flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_handler_writing_garbage_is_dead_lettered_and_others_flow() {
+    let q = Queues::new("garbage");
+    let top = format!(
+        "[handlers.flaky]\nkind = \"process\"\ncommand = [\"python3\", \"{}/handlers/examples/flaky.py\"]\ntimeout = \"5s\"\nmax_instances = 2\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let extra = r#"retry = { max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }"#;
+    let m = Mqfn::start(&q.config("flaky", extra, &top));
+    m.wait_ready(LONG).await;
+    let rabbit = Rabbit::connect(&amqp_url()).await;
+    rabbit
+        .publish_all(
+            &q.input,
+            (0..22).map(|i| {
+                let body = match i {
+                    0 => "garbage".to_owned(),
+                    1 => "exit".to_owned(),
+                    _ => format!("fine {i}"),
+                };
+                (body, vec![("id", i.to_string())])
+            }),
+        )
+        .await;
+    eventually(LONG, "20 results and 2 dead letters", || async {
+        let (o, d) = (rabbit.count(&q.output).await, rabbit.count(&q.dead).await);
+        (o >= 20 && d >= 2).then_some(())
+    })
+    .await;
+    let dead = rabbit.take(&q.dead, 2).await;
+    let outs = rabbit.take(&q.output, 20).await;
+    let reasons = reasons(&dead);
+    println!("{reasons:#?}");
+    for bad in ["0", "1"] {
+        assert_eq!(reasons[bad].0, "crashed", "{bad}: {:?}", reasons[bad]);
+    }
+    for g in &dead {
+        assert_eq!(
+            g.headers["mqfn-attempts"], "2",
+            "retried up to max_attempts"
+        );
+    }
+    let mut ids: Vec<usize> = outs
+        .iter()
+        .map(|g| g.headers["id"].parse().expect("a number"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (2..22).collect::<Vec<_>>(),
+        "every other message went through"
+    );
+    drop(m);
+    rabbit.cleanup(&q.all(), &[]).await;
+}
+
 /// Lowers the RabbitMQ node's `max_message_size` (node-wide; read by each
 /// channel when it opens) and puts the old value back when dropped. The
 /// tests that run beside this one publish far less than the lowered limit.

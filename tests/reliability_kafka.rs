@@ -236,6 +236,61 @@ options = { set = { ok = true } }
     assert!(reasons["not-object"].contains("not an object"));
 }
 
+/// A process handler that writes garbage on its protocol stdout and one
+/// that exits mid-request are crashes: retried, then dead-lettered, while
+/// the same handler's other messages flow.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_handler_writing_garbage_is_dead_lettered_and_others_flow() {
+    let f = Fixture::new(1);
+    let extra = format!(
+        r#"
+[handlers.flaky]
+kind = "process"
+command = ["python3", "{}/handlers/examples/flaky.py"]
+timeout = "5s"
+max_instances = 2
+"#,
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let m = started(&f.config("flaky", "", &extra)).await;
+    let _log = dump("", &m);
+    let bodies: Vec<Vec<u8>> = (0..22)
+        .map(|n| match n {
+            0 => b"garbage".to_vec(),
+            1 => b"exit".to_vec(),
+            n => format!("fine {n}").into_bytes(),
+        })
+        .collect();
+    f.produce(
+        bodies
+            .iter()
+            .enumerate()
+            .map(|(n, b)| Rec::new(n, b.clone())),
+    )
+    .await;
+    let mut dlq = f.reader("dlq", 1);
+    dlq.until_distinct(2, LONG).await;
+    let mut out = f.reader("out", 1);
+    out.until_distinct(20, LONG).await;
+    out.drain(Duration::from_secs(1)).await;
+    let mut reasons = BTreeMap::new();
+    for d in &dlq.records {
+        let (class, error) = reason(d);
+        reasons.insert(String::from_utf8_lossy(&d.raw).into_owned(), (class, error));
+    }
+    println!("{reasons:#?}");
+    for bad in ["garbage", "exit"] {
+        assert_eq!(reasons[bad].0, "crashed", "{bad}: {:?}", reasons[bad]);
+    }
+    for d in &dlq.records {
+        assert_eq!(
+            d.headers["mqfn-attempts"], "3",
+            "retried up to max_attempts"
+        );
+    }
+    assert_eq!(out.distinct(), 20, "every other message went through");
+}
+
 /// Kafka headers carry any bytes; NATS headers cannot hold a line break or
 /// a space in a name, and AMQP header names stop at 255 bytes. A result the
 /// output broker refuses sends its input to the dead letter with the reason
