@@ -9,12 +9,14 @@
 //! polled leave together, and CPU-bound handlers still spread over every
 //! core.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio_util::task::TaskTracker;
+use tracing::error;
 
 /// One message's work (or a lane's), to be driven to completion.
 pub type Job = BoxFuture<'static, ()>;
@@ -62,17 +64,26 @@ impl Drivers {
 
 /// Polls every job handed to this driver until the sender is gone and all
 /// of them have finished.
+///
+/// A job that panics ends alone, as a task of its own would, and the other
+/// jobs go on. Its message is never settled: JetStream and RabbitMQ deliver
+/// it again; on Kafka its offset is not committed past, so the partition's
+/// next owner (after a restart or rebalance) reads it again.
 async fn drive(mut rx: UnboundedReceiver<Job>) {
-    let mut running: FuturesUnordered<Job> = FuturesUnordered::new();
+    let mut running = FuturesUnordered::new();
     let mut open = true;
     loop {
         tokio::select! {
             biased;
             job = rx.recv(), if open => match job {
-                Some(job) => running.push(job),
+                Some(job) => running.push(AssertUnwindSafe(job).catch_unwind()),
                 None => open = false,
             },
-            Some(()) = running.next(), if !running.is_empty() => {}
+            Some(done) = running.next(), if !running.is_empty() => {
+                if done.is_err() {
+                    error!("A message's processing panicked outside the handler; it is left unsettled for redelivery.");
+                }
+            }
             else => break,
         }
     }
@@ -100,5 +111,24 @@ mod tests {
         tracker.close();
         tracker.wait().await;
         assert_eq!(done.load(Ordering::Relaxed), 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_job_ends_alone() {
+        let tracker = TaskTracker::new();
+        let done = Arc::new(AtomicUsize::new(0));
+        let drivers = Drivers::start(1, &tracker);
+        for i in 0..10u64 {
+            let done = done.clone();
+            drivers.run(Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(i)).await;
+                assert!(i != 3, "job 3 panics");
+                done.fetch_add(1, Ordering::Relaxed);
+            }));
+        }
+        drop(drivers);
+        tracker.close();
+        tracker.wait().await;
+        assert_eq!(done.load(Ordering::Relaxed), 9, "the other nine finished");
     }
 }
