@@ -26,11 +26,6 @@ pub fn billed_ms(elapsed: Duration) -> u64 {
         .max(1)
 }
 
-/// Adds one invocation of `handler` to the ledger.
-pub fn charge(handler: &str, elapsed: Duration) {
-    Account::of(handler).charge(elapsed);
-}
-
 /// One handler's line in the ledger, looked up once and charged per
 /// invocation without a lock.
 #[derive(Debug, Clone)]
@@ -96,8 +91,9 @@ mod tests {
 
     #[test]
     fn renders_a_counter_in_seconds() {
-        charge("billing-test", Duration::from_micros(1500));
-        charge("billing-test", Duration::from_micros(10));
+        let account = Account::of("billing-test");
+        account.charge(Duration::from_micros(1500));
+        account.charge(Duration::from_micros(10));
         assert_eq!(billed_seconds("billing-test"), 0.003);
         let text = render();
         assert!(text.contains("# TYPE mqfn_handler_billed_seconds_total counter"));

@@ -184,7 +184,7 @@ impl Broker for KafkaBroker {
     async fn source(
         &self,
         route: &RouteConfig,
-        _window: usize,
+        window: usize,
     ) -> Result<Box<dyn Source>, BrokerError> {
         for ep in [
             Some(&route.source),
@@ -199,7 +199,7 @@ impl Broker for KafkaBroker {
         }
         self.topics.require(&self.producer, &route.source).await?;
         let config = consumer_config(&self.name, &self.cfg, route);
-        let s = source::KafkaSource::subscribe(&self.name, &self.cfg, route, &config)?;
+        let s = source::KafkaSource::subscribe(&self.name, &self.cfg, route, &config, window)?;
         Ok(Box::new(s))
     }
 

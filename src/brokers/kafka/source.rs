@@ -28,6 +28,11 @@ use crate::brokers::{BacklogProbe, BrokerError, Source};
 use crate::config::{KafkaConfig, RouteConfig};
 use crate::message::{Delivery, Message, Settle};
 
+/// Bounds of the hand-off channel: a tiny window still gets a few records
+/// ahead, a huge one does not hold more than this many.
+const HANDOFF_MIN: usize = 16;
+const HANDOFF_MAX: usize = 4096;
+
 /// A nacked record waiting to be yielded again.
 struct Retry {
     due: Instant,
@@ -35,12 +40,6 @@ struct Retry {
     epoch: u64,
     offset: i64,
     msg: Message,
-}
-
-/// Records polled ahead of the route: its in-flight window, so that the
-/// route never waits on the poll thread and nothing piles up beyond it.
-fn handoff_capacity(route: &RouteConfig) -> usize {
-    (route.workers.max * crate::route::WINDOW_FACTOR).clamp(16, 4096)
 }
 
 /// A consumer-group member for one route.
@@ -59,11 +58,15 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Joins the route's consumer group on its topic and starts polling.
+    /// Up to `window` records (the route's in-flight window) are polled
+    /// ahead of the route, so that it never waits on the poll thread and
+    /// nothing piles up beyond it.
     pub fn subscribe(
         broker: &str,
         cfg: &KafkaConfig,
         route: &RouteConfig,
         config: &ClientConfig,
+        window: usize,
     ) -> Result<Self, BrokerError> {
         let setup = |message: String| BrokerError::Setup {
             broker: broker.to_owned(),
@@ -78,7 +81,7 @@ impl KafkaSource {
         consumer
             .subscribe(&[topic])
             .map_err(|e| setup(format!("cannot subscribe to {topic}: {e}")))?;
-        let (tx, rx) = mpsc::channel(handoff_capacity(route));
+        let (tx, rx) = mpsc::channel(window.clamp(HANDOFF_MIN, HANDOFF_MAX));
         let (retry_tx, retry_rx) = mpsc::unbounded_channel();
         let lag = Arc::new(Lag::default());
         let thread = PollThread::spawn(consumer, tx, lag.clone(), cfg.commit_interval)
