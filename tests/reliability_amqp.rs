@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use amqp_support::{broker, queue_decl, Rabbit, LONG};
-use common::{amqp_url, eventually, metric, rand_name, Mqfn};
+use common::{amqp_url, eventually, hostile, metric, rand_name, Mqfn};
 
 /// Random queues `{q}.in`, `{q}.out` and `{q}.dlq`.
 struct Queues {
@@ -382,20 +382,10 @@ async fn a_result_too_large_for_the_broker_is_dead_lettered_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_is_dead_lettered_with_the_reason() {
     let q = Queues::new("hostile");
-    let top = "[handlers.tag]\nkind = \"builtin\"\nbuiltin = \"json-transform\"\noptions = { set = { ok = true } }\n";
-    let m = Mqfn::start(&q.config("tag", "max_message_bytes = 1000", top));
+    let m = Mqfn::start(&q.config("tag", hostile::ROUTE, hostile::HANDLER));
     m.wait_ready(LONG).await;
     let rabbit = Rabbit::connect(&amqp_url()).await;
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        (
-            "oversized",
-            format!("{{\"pad\":\"{}\"}}", "z".repeat(2000)).into_bytes(),
-        ),
-        ("not-utf8", vec![0xff, 0xfe, 0x00, 0x7b]),
-        ("malformed", b"{\"unterminated\": ".to_vec()),
-        ("not-object", b"[1,2,3]".to_vec()),
-        ("good", b"{\"a\":1}".to_vec()),
-    ];
+    let cases = hostile::cases();
     rabbit
         .publish_all(
             &q.input,
@@ -412,24 +402,22 @@ async fn hostile_input_is_dead_lettered_with_the_reason() {
     let dead = rabbit.take(&q.dead, 4).await;
     let outs = rabbit.take(&q.output, 1).await;
     assert_eq!(outs[0].headers["id"], "good");
-    assert_eq!(outs[0].payload, r#"{"a":1,"ok":true}"#);
+    assert_eq!(outs[0].payload, hostile::GOOD_RESULT);
     for g in &dead {
         let id = g.headers["id"].as_str();
-        let (_, original) = cases.iter().find(|(c, _)| *c == id).expect("a case");
         assert_eq!(
-            &g.data, original,
+            g.data,
+            hostile::original(&cases, id),
             "{id}: the original payload, byte for byte"
         );
         assert_eq!(g.headers["mqfn-error-class"], "permanent", "{id}");
     }
-    let reasons = reasons(&dead);
-    println!("{reasons:#?}");
-    assert!(reasons["oversized"]
-        .1
-        .contains("larger than max_message_bytes (1000)"));
-    assert!(reasons["not-utf8"].1.contains("not valid JSON"));
-    assert!(reasons["malformed"].1.contains("not valid JSON"));
-    assert!(reasons["not-object"].1.contains("not an object"));
+    hostile::assert_reasons(
+        &reasons(&dead)
+            .into_iter()
+            .map(|(id, (_, error))| (id, error))
+            .collect(),
+    );
     assert_eq!(
         rabbit.count(&q.input).await,
         0,

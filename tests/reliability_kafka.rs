@@ -10,7 +10,7 @@ mod kafka_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{eventually, kafka_bootstrap, metric};
+use common::{eventually, hostile, kafka_bootstrap, metric};
 use kafka_support::tansu::PrivateKafka;
 use kafka_support::{dump, started, Fixture, Out, Rec, LONG};
 
@@ -181,25 +181,10 @@ dead_letter = {{ broker = "k", topic = "{p}.dlq" }}
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_input_is_dead_lettered_with_the_reason() {
     let f = Fixture::new(1);
-    let extra = r#"max_message_bytes = 1000
-
-[handlers.tag]
-kind = "builtin"
-builtin = "json-transform"
-options = { set = { ok = true } }
-"#;
-    let m = started(&f.config("tag", "", extra)).await;
+    let extra = format!("{}\n\n{}", hostile::ROUTE, hostile::HANDLER);
+    let m = started(&f.config("tag", "", &extra)).await;
     let _log = dump("", &m);
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        (
-            "oversized",
-            format!("{{\"pad\":\"{}\"}}", "z".repeat(2000)).into_bytes(),
-        ),
-        ("not-utf8", vec![0xff, 0xfe, 0x00, 0x7b]),
-        ("malformed", b"{\"unterminated\": ".to_vec()),
-        ("not-object", b"[1,2,3]".to_vec()),
-        ("good", b"{\"a\":1}".to_vec()),
-    ];
+    let cases = hostile::cases();
     f.produce(
         cases
             .iter()
@@ -215,25 +200,20 @@ options = { set = { ok = true } }
     dlq.drain(Duration::from_secs(1)).await;
     assert_eq!(out.records.len(), 1);
     assert_eq!(out.records[0].headers["case"], "good");
-    assert_eq!(out.records[0].payload, r#"{"a":1,"ok":true}"#);
+    assert_eq!(out.records[0].payload, hostile::GOOD_RESULT);
     let mut reasons = BTreeMap::new();
     for d in &dlq.records {
         let case = d.headers["case"].as_str();
-        let (_, original) = cases.iter().find(|(c, _)| *c == case).expect("a case");
         assert_eq!(
-            &d.raw, original,
+            d.raw,
+            hostile::original(&cases, case),
             "{case}: the original payload, byte for byte"
         );
         let (class, error) = reason(d);
         assert_eq!(class, "permanent", "{case}");
         reasons.insert(case.to_owned(), error);
     }
-    println!("{reasons:#?}");
-    assert_eq!(reasons.len(), 4);
-    assert!(reasons["oversized"].contains("larger than max_message_bytes (1000)"));
-    assert!(reasons["not-utf8"].contains("not valid JSON"));
-    assert!(reasons["malformed"].contains("not valid JSON"));
-    assert!(reasons["not-object"].contains("not an object"));
+    hostile::assert_reasons(&reasons);
 }
 
 /// A process handler that writes garbage on its protocol stdout and one

@@ -332,3 +332,51 @@ pub async fn js_read(
         }
     }
 }
+
+/// Hostile input, the same on every broker: a JSON handler behind a
+/// `max_message_bytes` bound, four inputs it must dead-letter as permanent
+/// and one it must take.
+pub mod hostile {
+    use std::collections::BTreeMap;
+
+    /// The handler `tag`: adds `"ok": true` to a JSON object.
+    pub const HANDLER: &str = "[handlers.tag]\nkind = \"builtin\"\nbuiltin = \"json-transform\"\noptions = { set = { ok = true } }\n";
+    /// The route setting that makes the `oversized` case too large.
+    pub const ROUTE: &str = "max_message_bytes = 1000";
+    /// The result of the `good` case.
+    pub const GOOD_RESULT: &str = r#"{"a":1,"ok":true}"#;
+
+    /// Each case's name and payload; `good` is the only valid one.
+    pub fn cases() -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            (
+                "oversized",
+                format!("{{\"pad\":\"{}\"}}", "z".repeat(2000)).into_bytes(),
+            ),
+            ("not-utf8", vec![0xff, 0xfe, 0x00, 0x7b]),
+            ("malformed", b"{\"unterminated\": ".to_vec()),
+            ("not-object", b"[1,2,3]".to_vec()),
+            ("good", b"{\"a\":1}".to_vec()),
+        ]
+    }
+
+    /// The payload of case `name`.
+    pub fn original<'a>(cases: &'a [(&str, Vec<u8>)], name: &str) -> &'a [u8] {
+        &cases
+            .iter()
+            .find(|(c, _)| *c == name)
+            .unwrap_or_else(|| panic!("no case {name:?}"))
+            .1
+    }
+
+    /// Checks the dead letters' reasons (`mqfn-error` by case): one for
+    /// each bad case, naming what was wrong.
+    pub fn assert_reasons(reasons: &BTreeMap<String, String>) {
+        println!("{reasons:#?}");
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
+        assert!(reasons["oversized"].contains("larger than max_message_bytes (1000)"));
+        assert!(reasons["not-utf8"].contains("not valid JSON"));
+        assert!(reasons["malformed"].contains("not valid JSON"));
+        assert!(reasons["not-object"].contains("not an object"));
+    }
+}
