@@ -74,6 +74,59 @@ fn reasons(dead: &[amqp_support::Got]) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
+/// Publishes `n` messages with header `id` = their index: `bad` as ids 0
+/// and 1, `fine {i}` after. Waits for the `n - 2` results and the two dead
+/// letters, checks that every healthy message got its result and that both
+/// dead letters were tried `attempts` times, and returns the dead letters.
+async fn two_bad_among_healthy(
+    rabbit: &Rabbit,
+    q: &Queues,
+    bad: [&str; 2],
+    n: usize,
+    attempts: &str,
+) -> Vec<amqp_support::Got> {
+    rabbit
+        .publish_all(
+            &q.input,
+            (0..n).map(|i| {
+                let body = bad
+                    .get(i)
+                    .map_or_else(|| format!("fine {i}"), |b| (*b).to_owned());
+                (body, vec![("id", i.to_string())])
+            }),
+        )
+        .await;
+    let healthy = n - 2;
+    eventually(
+        LONG,
+        &format!("{healthy} results and 2 dead letters"),
+        || async {
+            let (o, d) = (rabbit.count(&q.output).await, rabbit.count(&q.dead).await);
+            (o >= healthy as u32 && d >= 2).then_some(())
+        },
+    )
+    .await;
+    let dead = rabbit.take(&q.dead, 2).await;
+    let outs = rabbit.take(&q.output, healthy).await;
+    let mut ids: Vec<usize> = outs
+        .iter()
+        .map(|g| g.headers["id"].parse().expect("a number"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (2..n).collect::<Vec<_>>(),
+        "every healthy message went through"
+    );
+    for g in &dead {
+        assert_eq!(
+            g.headers["mqfn-attempts"], attempts,
+            "retried up to max_attempts"
+        );
+    }
+    dead
+}
+
 #[tokio::test]
 async fn sigkill_three_times_loses_nothing() {
     const N: usize = 10_000;
@@ -160,38 +213,9 @@ retry = { max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }"#;
     let m = Mqfn::start(&q.config("fail", extra, ""));
     m.wait_ready(LONG).await;
     let rabbit = Rabbit::connect(&amqp_url()).await;
-    rabbit
-        .publish_all(
-            &q.input,
-            (0..103).map(|i| {
-                let body = match i {
-                    0 => "panic".to_owned(),
-                    1 => "sleep:5000".to_owned(),
-                    _ => format!("fine {i}"),
-                };
-                (body, vec![("id", i.to_string())])
-            }),
-        )
-        .await;
-    eventually(LONG, "101 results and 2 dead letters", || async {
-        let (o, d) = (rabbit.count(&q.output).await, rabbit.count(&q.dead).await);
-        (o >= 101 && d >= 2).then_some(())
-    })
-    .await;
-    let dead = rabbit.take(&q.dead, 2).await;
-    let outs = rabbit.take(&q.output, 101).await;
+    let dead = two_bad_among_healthy(&rabbit, &q, ["panic", "sleep:5000"], 103, "2").await;
     let reasons = reasons(&dead);
     println!("{reasons:#?}");
-    let mut ids: Vec<usize> = outs
-        .iter()
-        .map(|g| g.headers["id"].parse().expect("a number"))
-        .collect();
-    ids.sort_unstable();
-    assert_eq!(
-        ids,
-        (2..103).collect::<Vec<_>>(),
-        "every healthy message went through"
-    );
     assert_eq!(reasons["0"].0, "crashed");
     assert!(reasons["0"].1.contains("panicked"), "{:?}", reasons["0"]);
     assert!(
@@ -199,12 +223,6 @@ retry = { max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }"#;
         "{:?}",
         reasons["1"]
     );
-    for g in &dead {
-        assert_eq!(
-            g.headers["mqfn-attempts"], "2",
-            "retried up to max_attempts"
-        );
-    }
     let t = m.metrics().await;
     let invocations = |result: &str| {
         metric(
@@ -237,47 +255,12 @@ async fn a_process_handler_writing_garbage_is_dead_lettered_and_others_flow() {
     let m = Mqfn::start(&q.config("flaky", extra, &top));
     m.wait_ready(LONG).await;
     let rabbit = Rabbit::connect(&amqp_url()).await;
-    rabbit
-        .publish_all(
-            &q.input,
-            (0..22).map(|i| {
-                let body = match i {
-                    0 => "garbage".to_owned(),
-                    1 => "exit".to_owned(),
-                    _ => format!("fine {i}"),
-                };
-                (body, vec![("id", i.to_string())])
-            }),
-        )
-        .await;
-    eventually(LONG, "20 results and 2 dead letters", || async {
-        let (o, d) = (rabbit.count(&q.output).await, rabbit.count(&q.dead).await);
-        (o >= 20 && d >= 2).then_some(())
-    })
-    .await;
-    let dead = rabbit.take(&q.dead, 2).await;
-    let outs = rabbit.take(&q.output, 20).await;
+    let dead = two_bad_among_healthy(&rabbit, &q, ["garbage", "exit"], 22, "2").await;
     let reasons = reasons(&dead);
     println!("{reasons:#?}");
     for bad in ["0", "1"] {
         assert_eq!(reasons[bad].0, "crashed", "{bad}: {:?}", reasons[bad]);
     }
-    for g in &dead {
-        assert_eq!(
-            g.headers["mqfn-attempts"], "2",
-            "retried up to max_attempts"
-        );
-    }
-    let mut ids: Vec<usize> = outs
-        .iter()
-        .map(|g| g.headers["id"].parse().expect("a number"))
-        .collect();
-    ids.sort_unstable();
-    assert_eq!(
-        ids,
-        (2..22).collect::<Vec<_>>(),
-        "every other message went through"
-    );
     drop(m);
     rabbit.cleanup(&q.all(), &[]).await;
 }
