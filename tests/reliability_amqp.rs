@@ -456,16 +456,8 @@ dead_letter = {{ broker = "js", subject = "{s}.dlq" }}
         let h = m.headers.as_ref().expect("headers");
         h.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default()
     };
-    let outs = eventually(LONG, "20 results on NATS", || async {
-        let o = common::js_read(&js, &stream, &format!("{s}.out")).await;
-        (o.len() >= 20).then_some(o)
-    })
-    .await;
-    let dead = eventually(LONG, "2 dead letters on NATS", || async {
-        let d = common::js_read(&js, &stream, &format!("{s}.dlq")).await;
-        (d.len() >= 2).then_some(d)
-    })
-    .await;
+    let outs = common::js_read_at_least(&js, &stream, &format!("{s}.out"), 20, LONG).await;
+    let dead = common::js_read_at_least(&js, &stream, &format!("{s}.dlq"), 2, LONG).await;
     let mut ids: Vec<usize> = outs
         .iter()
         .map(|o| header(o, "id").parse().expect("a number"))

@@ -346,16 +346,8 @@ dead_letter = {{ broker = "k", topic = "{p}.dlq", create = {{ partitions = 1 }} 
         let h = m.headers.as_ref().expect("headers");
         h.get("n").expect("n").as_str().parse().expect("a number")
     };
-    let outs = eventually(LONG, "51 results on NATS", || async {
-        let o = common::js_read(&js, &stream, &format!("{s}.out")).await;
-        (o.len() >= 51).then_some(o)
-    })
-    .await;
-    let dead = eventually(LONG, "2 dead letters on NATS", || async {
-        let d = common::js_read(&js, &stream, &format!("{s}.dlq")).await;
-        (d.len() >= 2).then_some(d)
-    })
-    .await;
+    let outs = common::js_read_at_least(&js, &stream, &format!("{s}.out"), 51, LONG).await;
+    let dead = common::js_read_at_least(&js, &stream, &format!("{s}.dlq"), 2, LONG).await;
     let rabbit = amqp_support::Rabbit::connect(&common::amqp_url()).await;
     let got = rabbit.take(&queue, 10).await;
     let mut kafka_dlq = f.reader("dlq", 1);

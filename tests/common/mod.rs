@@ -295,6 +295,22 @@ pub async fn js_stream(prefix: &str) -> (String, String, async_nats::jetstream::
     (p, s, js)
 }
 
+/// The messages on `subject` in `stream` once there are at least `n`
+/// (waiting up to `limit`), read as [`js_read`] does.
+pub async fn js_read_at_least(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: &str,
+    n: usize,
+    limit: Duration,
+) -> Vec<async_nats::jetstream::Message> {
+    eventually(limit, &format!("{n} messages on {subject}"), || async {
+        let got = js_read(js, stream, subject).await;
+        (got.len() >= n).then_some(got)
+    })
+    .await
+}
+
 /// Every message on `subject` in `stream` now, oldest first, read with an
 /// ephemeral consumer that acknowledges nothing.
 pub async fn js_read(
