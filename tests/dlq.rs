@@ -16,10 +16,28 @@ fn text(o: &std::process::Output) -> (String, String) {
     )
 }
 
-async fn run_cli(args: Vec<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+/// `mqfn dlq VERB r --config CONFIG ARGS...` (route `r`), off the async
+/// threads.
+async fn dlq(config: &str, verb: &str, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<String> = ["dlq", verb, "r", "--config", config]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    tokio::task::spawn_blocking(move || cli(&all.iter().map(String::as_str).collect::<Vec<_>>()))
         .await
         .unwrap()
+}
+
+/// The `dlq list` output once it shows three dead letters (a header line
+/// and three rows).
+async fn three_listed(config: &str) -> String {
+    eventually(LONG, "three dead letters", || async {
+        let out = dlq(config, "list", &[]).await;
+        let (stdout, _) = text(&out);
+        (out.status.success() && stdout.lines().count() == 4).then_some(stdout)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -54,25 +72,7 @@ retry = {{ max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }}
     );
     let m = Mqfn::start(&cfg);
     let config = m.config.to_str().unwrap().to_owned();
-    let list = || {
-        let config = config.clone();
-        async move {
-            run_cli(vec![
-                "dlq".into(),
-                "list".into(),
-                "r".into(),
-                "--config".into(),
-                config,
-            ])
-            .await
-        }
-    };
-    let listing = eventually(LONG, "three dead letters", || async {
-        let out = list().await;
-        let (stdout, _) = text(&out);
-        (out.status.success() && stdout.lines().count() == 4).then_some(stdout)
-    })
-    .await;
+    let listing = three_listed(&config).await;
     println!("{listing}");
     assert!(
         listing.contains("bad order")
@@ -81,19 +81,15 @@ retry = {{ max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }}
     );
     assert!(listing.contains("permanent") && listing.contains("retryable"));
     // Listing again shows the same: nothing was consumed.
-    let (again, _) = text(&list().await);
+    let (again, _) = text(&dlq(&config, "list", &[]).await);
     assert_eq!(again.lines().count(), 4, "{again}");
 
     // Redrive only the retryable one.
-    let out = run_cli(vec![
-        "dlq".into(),
-        "redrive".into(),
-        "r".into(),
-        "--config".into(),
-        config.clone(),
-        "--filter".into(),
-        "mqfn-error-class=retryable".into(),
-    ])
+    let out = dlq(
+        &config,
+        "redrive",
+        &["--filter", "mqfn-error-class=retryable"],
+    )
     .await;
     let (_, err) = text(&out);
     assert!(out.status.success(), "{err}");
@@ -119,7 +115,7 @@ retry = {{ max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }}
         "attempts start afresh"
     );
     assert_eq!(back.get("mqfn-error").unwrap().to_string(), "flaky");
-    let (after, _) = text(&list().await);
+    let (after, _) = text(&dlq(&config, "list", &[]).await);
     assert_eq!(
         after.lines().count(),
         4,
@@ -127,16 +123,7 @@ retry = {{ max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }}
     );
 
     // --limit bounds a redrive of everything.
-    let out = run_cli(vec![
-        "dlq".into(),
-        "redrive".into(),
-        "r".into(),
-        "--config".into(),
-        config.clone(),
-        "--limit".into(),
-        "2".into(),
-    ])
-    .await;
+    let out = dlq(&config, "redrive", &["--limit", "2"]).await;
     let (_, err) = text(&out);
     assert!(err.contains("redrove 2 dead letter(s)"), "{err}");
     drop(m);
@@ -173,28 +160,10 @@ retry = {{ max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }}
         rabbit.publish(&input, body).await;
     }
     let config = m.config.to_str().unwrap().to_owned();
-    let list = || {
-        let config = config.clone();
-        async move {
-            run_cli(vec![
-                "dlq".into(),
-                "list".into(),
-                "r".into(),
-                "--config".into(),
-                config,
-            ])
-            .await
-        }
-    };
-    let listing = eventually(LONG, "three dead letters", || async {
-        let out = list().await;
-        let (stdout, _) = text(&out);
-        (out.status.success() && stdout.lines().count() == 4).then_some(stdout)
-    })
-    .await;
+    let listing = three_listed(&config).await;
     println!("{listing}");
     assert!(listing.contains("bad order") && listing.contains("retryable"));
-    let (again, _) = text(&list().await);
+    let (again, _) = text(&dlq(&config, "list", &[]).await);
     assert_eq!(
         again.lines().count(),
         4,
@@ -202,15 +171,11 @@ retry = {{ max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }}
     );
     assert_eq!(rabbit.count(&dead).await, 3);
 
-    let out = run_cli(vec![
-        "dlq".into(),
-        "redrive".into(),
-        "r".into(),
-        "--config".into(),
-        config.clone(),
-        "--filter".into(),
-        "mqfn-error-class=retryable".into(),
-    ])
+    let out = dlq(
+        &config,
+        "redrive",
+        &["--filter", "mqfn-error-class=retryable"],
+    )
     .await;
     let (_, err) = text(&out);
     assert!(out.status.success(), "{err}");
