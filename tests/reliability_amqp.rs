@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use amqp_support::{broker, queue_decl, Rabbit, LONG};
-use common::{amqp_url, eventually, hostile, metric, rand_name, Mqfn};
+use common::{amqp_url, eventually, hostile, rand_name, Mqfn};
 
 /// Random queues `{q}.in`, `{q}.out` and `{q}.dlq`.
 struct Queues {
@@ -176,25 +176,7 @@ async fn sigkill_three_times_loses_nothing() {
     let n_dead = rabbit.count(&dead).await as usize;
     let outs = count(rabbit.take(&output, n_out).await);
     let dlq = count(rabbit.take(&dead, n_dead).await);
-    let dups = (n_out - outs.len()) + (n_dead - dlq.len());
-    println!(
-        "crash accounting: {N} in; {} results + {} dead letters; {dups} duplicates; in flight at the kills: {kills:?}",
-        outs.len(),
-        dlq.len()
-    );
-    for i in 0..N {
-        let id = i.to_string();
-        assert!(
-            outs.contains_key(&id) || dlq.contains_key(&id),
-            "input {id} was lost"
-        );
-    }
-    assert_eq!(dlq.len(), 10, "the ten poison messages are dead-lettered");
-    let bound: u64 = kills.iter().map(|k| k + 32).sum();
-    assert!(
-        dups as u64 <= bound,
-        "duplicates {dups} exceed what was in flight ({bound})"
-    );
+    common::assert_crash_accounting(N, &outs, &dlq, &kills);
     assert_eq!(rabbit.count(&input).await, 0, "the input queue is drained");
     rabbit.cleanup(&[&input, &output, &dead], &[]).await;
 }
@@ -224,14 +206,8 @@ retry = { max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }"#;
         reasons["1"]
     );
     let t = m.metrics().await;
-    let invocations = |result: &str| {
-        metric(
-            &t,
-            &format!("mqfn_handler_invocations_total{{handler=\"fail\",result=\"{result}\"}}"),
-        )
-    };
-    assert!(invocations("crash") >= Some(2.0));
-    assert!(invocations("timeout") >= Some(2.0));
+    assert!(common::invocations(&t, "fail", "crash") >= Some(2.0));
+    assert!(common::invocations(&t, "fail", "timeout") >= Some(2.0));
     assert_eq!(
         rabbit.count(&q.input).await,
         0,

@@ -168,14 +168,8 @@ dead_letter = {{ broker = "k", topic = "{p}.dlq" }}
     let big = dlq.get(BIG).expect("the oversized one");
     assert_eq!(big.raw.len(), 400_011, "the original input, not the result");
     let t = m.metrics().await;
-    let invocations = |result: &str| {
-        metric(
-            &t,
-            &format!("mqfn_handler_invocations_total{{handler=\"fail\",result=\"{result}\"}}"),
-        )
-    };
-    assert!(invocations("crash") >= Some(2.0));
-    assert!(invocations("timeout") >= Some(2.0));
+    assert!(common::invocations(&t, "fail", "crash") >= Some(2.0));
+    assert!(common::invocations(&t, "fail", "timeout") >= Some(2.0));
 }
 
 #[tokio::test(flavor = "multi_thread")]

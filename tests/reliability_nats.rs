@@ -132,29 +132,7 @@ async fn sigkill_three_times_loses_nothing() {
     )
     .await;
     let (outs, dlq) = outs;
-    let dup_out: usize = outs.values().map(|c| c - 1).sum();
-    let dup_dlq: usize = dlq.values().map(|c| c - 1).sum();
-    println!(
-        "crash accounting: {N} in; {} results + {} dead letters; duplicates {} + {}; in flight at the kills: {kills:?}",
-        outs.len(),
-        dlq.len(),
-        dup_out,
-        dup_dlq
-    );
-    for i in 0..N {
-        let id = i.to_string();
-        assert!(
-            outs.contains_key(&id) || dlq.contains_key(&id),
-            "input {id} was lost"
-        );
-    }
-    assert_eq!(dlq.len(), 10, "the ten poison messages are dead-lettered");
-    let bound: u64 = kills.iter().map(|k| k + 32).sum(); // in flight + fetched-not-started
-    assert!(
-        (dup_out + dup_dlq) as u64 <= bound,
-        "duplicates {} exceed what was in flight {bound}",
-        dup_out + dup_dlq
-    );
+    common::assert_crash_accounting(N, &outs, &dlq, &kills);
 }
 
 #[tokio::test]

@@ -253,6 +253,14 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// `mqfn_handler_invocations_total` of `handler` ending in `result`.
+pub fn invocations(metrics: &str, handler: &str, result: &str) -> Option<f64> {
+    metric(
+        metrics,
+        &format!("mqfn_handler_invocations_total{{handler=\"{handler}\",result=\"{result}\"}}"),
+    )
+}
+
 /// Kills `m` with SIGKILL three times, each after that process finished
 /// between 1,500 and 2,520 messages (a random point, so runs differ), and
 /// restarts it. Returns the messages in flight at each kill.
@@ -293,6 +301,40 @@ pub async fn js_stream(prefix: &str) -> (String, String, async_nats::jetstream::
     .await
     .expect("create stream");
     (p, s, js)
+}
+
+/// The crash test's accounting, printed and checked: every input id
+/// `0..n` has a result or a dead letter, the ten poison messages are
+/// dead-lettered, and the duplicates stay within what was in flight at the
+/// kills plus what was fetched but not started (32 each). `outs` and `dlq`
+/// count the copies seen of each id.
+pub fn assert_crash_accounting(
+    n: usize,
+    outs: &std::collections::BTreeMap<String, usize>,
+    dlq: &std::collections::BTreeMap<String, usize>,
+    kills: &[u64],
+) {
+    let dup_out: usize = outs.values().map(|c| c - 1).sum();
+    let dup_dlq: usize = dlq.values().map(|c| c - 1).sum();
+    let dups = dup_out + dup_dlq;
+    println!(
+        "crash accounting: {n} in; {} results + {} dead letters; duplicates {dup_out} + {dup_dlq}; in flight at the kills: {kills:?}",
+        outs.len(),
+        dlq.len(),
+    );
+    for i in 0..n {
+        let id = i.to_string();
+        assert!(
+            outs.contains_key(&id) || dlq.contains_key(&id),
+            "input {id} was lost"
+        );
+    }
+    assert_eq!(dlq.len(), 10, "the ten poison messages are dead-lettered");
+    let bound: u64 = kills.iter().map(|k| k + 32).sum();
+    assert!(
+        dups as u64 <= bound,
+        "duplicates {dups} exceed what was in flight ({bound})"
+    );
 }
 
 /// The messages on `subject` in `stream` once there are at least `n`
