@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, stream};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -349,20 +349,28 @@ fn from_header_map(map: Option<&HeaderMap>, msg: &mut Message) {
 fn to_header_map(headers: &Headers) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::new();
     for (k, v) in headers.iter() {
-        if k.is_empty()
-            || k.chars()
-                .any(|c| c == ':' || c.is_whitespace() || c.is_control())
-        {
-            return Err(format!("header name {k:?} is not valid for NATS"));
-        }
-        if v.contains(['\r', '\n']) {
-            return Err(format!(
-                "header {k} has a line break, which NATS cannot carry"
-            ));
-        }
-        map.append(k, v);
+        let (name, value) = header(k, v)?;
+        map.append(name, value);
     }
     Ok(map)
+}
+
+/// One NATS header, or why NATS cannot carry it. async-nats's own parsers
+/// decide (names of printable ASCII without `:`, values without line
+/// breaks); its `&str` conversions would panic on the same input.
+fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let parsed: Option<HeaderName> = name.parse().ok().filter(|_| !name.is_empty());
+    let Some(parsed) = parsed else {
+        return Err(format!(
+            "header name {name:?} is not valid for NATS (printable ASCII without ':' only)"
+        ));
+    };
+    let Ok(value) = value.parse() else {
+        return Err(format!(
+            "header {name} has a line break, which NATS cannot carry"
+        ));
+    };
+    Ok((parsed, value))
 }
 
 fn core_message(m: async_nats::Message, route: &str) -> Message {
@@ -397,5 +405,31 @@ impl BacklogProbe for ConsumerBacklog {
                 message: e.to_string(),
             })?;
         Ok(info.num_pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_nats_cannot_carry_are_refused_not_panicked_on() {
+        for (name, value, why) in [
+            ("naïve", "v", "not valid for NATS"),
+            ("with space", "v", "not valid for NATS"),
+            ("a:b", "v", "not valid for NATS"),
+            ("", "v", "not valid for NATS"),
+            ("ok", "line\r\nbreak", "line break"),
+        ] {
+            let h: Headers = [(name, value)].into_iter().collect();
+            let e = to_header_map(&h).expect_err(name);
+            assert!(e.contains(why), "{name:?}: {e}");
+        }
+        let h: Headers = [("a", "1"), ("a", "2"), ("Nats-Msg-Id", "x")]
+            .into_iter()
+            .collect();
+        let map = to_header_map(&h).unwrap();
+        assert_eq!(map.get_all("a").count(), 2);
+        assert_eq!(map.get("Nats-Msg-Id").unwrap().as_str(), "x");
     }
 }

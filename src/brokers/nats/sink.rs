@@ -1,7 +1,7 @@
 use async_nats::jetstream;
 use async_trait::async_trait;
 
-use super::to_header_map;
+use super::{header, to_header_map};
 use crate::brokers::{OutMessage, PublishError, PublishErrorKind, Publisher};
 use crate::config::Endpoint;
 use crate::message::{CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER};
@@ -35,26 +35,32 @@ impl NatsPublisher {
         }
     }
 
-    /// The message's NATS headers; takes `msg.headers`.
+    /// The message's NATS headers: its own, then the key, correlation id,
+    /// reply address and deduplication id, each replacing any header of
+    /// the same name.
     fn headers(
         &self,
         to: &str,
         msg: &mut OutMessage,
     ) -> Result<async_nats::HeaderMap, PublishError> {
-        let mut headers = std::mem::take(&mut msg.headers);
-        if let Some(k) = &msg.key {
-            headers.set(KEY_HEADER, String::from_utf8_lossy(k));
+        let rejected = |m| self.fail(to, PublishErrorKind::Rejected, m);
+        let mut map = to_header_map(&msg.headers).map_err(rejected)?;
+        let key = msg
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        for (name, value) in [
+            (KEY_HEADER, key),
+            (CORRELATION_HEADER, msg.correlation_id.take()),
+            (REPLY_HEADER, msg.reply_to.take()),
+            ("Nats-Msg-Id", msg.dedup_id.take()),
+        ] {
+            if let Some(value) = value {
+                let (name, value) = header(name, &value).map_err(rejected)?;
+                map.insert(name, value);
+            }
         }
-        if let Some(c) = &msg.correlation_id {
-            headers.set(CORRELATION_HEADER, c.clone());
-        }
-        if let Some(r) = &msg.reply_to {
-            headers.set(REPLY_HEADER, r.clone());
-        }
-        if let Some(id) = msg.dedup_id.take() {
-            headers.set("Nats-Msg-Id", id);
-        }
-        to_header_map(&headers).map_err(|m| self.fail(to, PublishErrorKind::Rejected, m))
+        Ok(map)
     }
 
     async fn core(&self, subject: &str, mut msg: OutMessage) -> Result<(), PublishError> {
