@@ -10,16 +10,19 @@ use crate::brokers::{BacklogProbe, BrokerError, Source};
 use crate::config::RouteConfig;
 use crate::message::{Delivery, Message, NoSettle, Settle, SourceMeta};
 
-/// How long one pull request waits on the server for messages.
-const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How often the server proves an idle pull alive; two missed beats end
+/// the pull with an error, and the next receive opens a new one.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// A durable JetStream pull consumer.
 pub struct JetStreamSource {
     broker: String,
+    broker_name: Arc<str>,
     route: String,
     stream: String,
     consumer: consumer::Consumer<consumer::pull::Config>,
-    batch: Option<consumer::pull::Batch>,
+    messages: Option<consumer::pull::Stream>,
+    batch: usize,
     keepalive: Duration,
 }
 
@@ -66,10 +69,12 @@ impl JetStreamSource {
             })?;
         Ok(Self {
             broker: broker.to_owned(),
+            broker_name: Arc::from(broker),
             route: route.name.clone(),
             stream: stream_name,
             consumer,
-            batch: None,
+            messages: None,
+            batch: window.max(1),
             keepalive: ack_wait / 2,
         })
     }
@@ -84,27 +89,31 @@ impl JetStreamSource {
 
 #[async_trait]
 impl Source for JetStreamSource {
-    async fn next(&mut self, room: usize) -> Result<Delivery, BrokerError> {
+    async fn next(&mut self, _room: usize) -> Result<Delivery, BrokerError> {
         loop {
-            if self.batch.is_none() {
-                let batch = self
-                    .consumer
-                    .batch()
-                    .max_messages(room.max(1))
-                    .expires(PULL_EXPIRES)
-                    .messages()
-                    .await
-                    .map_err(|e| self.receive_err(e))?;
-                self.batch = Some(batch);
-            }
-            let item = match self.batch.as_mut() {
-                Some(b) => b.next().await,
-                None => None,
+            // One continuous pull, as the JetStream clients do it: the next
+            // pull request leaves when half of the last one has arrived, so
+            // the server is never left waiting for a request. The client
+            // asks for more only while mqfn takes messages, so at most one
+            // and a half windows wait in the client.
+            let messages = match &mut self.messages {
+                Some(m) => m,
+                None => {
+                    let m = self
+                        .consumer
+                        .stream()
+                        .max_messages_per_batch(self.batch)
+                        .heartbeat(PULL_HEARTBEAT)
+                        .messages()
+                        .await
+                        .map_err(|e| self.receive_err(e))?;
+                    self.messages.insert(m)
+                }
             };
-            match item {
-                None => self.batch = None,
+            match messages.next().await {
+                None => self.messages = None,
                 Some(Err(e)) => {
-                    self.batch = None;
+                    self.messages = None;
                     return Err(self.receive_err(e));
                 }
                 Some(Ok(m)) => return Ok(self.delivery(m)),
@@ -115,8 +124,8 @@ impl Source for JetStreamSource {
     async fn close(&mut self) {
         // Messages the server already sent for the open pull request would
         // otherwise wait out `ack_wait`: hand them back at once.
-        if let Some(mut batch) = self.batch.take() {
-            while let Some(Some(Ok(m))) = batch.next().now_or_never() {
+        if let Some(mut messages) = self.messages.take() {
+            while let Some(Some(Ok(m))) = messages.next().now_or_never() {
                 let _ = m.ack_with(AckKind::Nak(None)).await;
             }
         }
@@ -132,12 +141,9 @@ impl Source for JetStreamSource {
 
 impl JetStreamSource {
     fn delivery(&self, m: jetstream::Message) -> Delivery {
-        let (delivered, sequence) = m
-            .info()
-            .map(|i| (i.delivered, i.stream_sequence))
-            .unwrap_or((1, 0));
+        let (delivered, sequence) = m.reply.as_deref().and_then(ack_position).unwrap_or((1, 0));
         let mut msg = Message {
-            subject: m.subject.to_string(),
+            subject: m.subject.as_str().to_owned(),
             route: self.route.clone(),
             meta: SourceMeta::JetStream {
                 stream: self.stream.clone(),
@@ -149,7 +155,7 @@ impl JetStreamSource {
         };
         from_header_map(m.headers.as_ref(), &mut msg);
         let settle = JsSettle {
-            broker: self.broker.clone(),
+            broker: Arc::clone(&self.broker_name),
             msg: m,
             keepalive: self.keepalive,
         };
@@ -157,9 +163,30 @@ impl JetStreamSource {
     }
 }
 
+/// The delivery count and the stream sequence of a JetStream message, from
+/// its `$JS.ACK.` reply subject (ADR-15): `STREAM.CONSUMER.DELIVERED.SEQ.…`
+/// (7 tokens after the prefix), or `DOMAIN.ACCOUNT.STREAM.CONSUMER.
+/// DELIVERED.SEQ.…` (9 or more).
+///
+/// `async_nats::jetstream::Message::info` parses every token and converts
+/// the timestamp: 5% of mqfn's instructions per message (docs/benchmarks.md),
+/// for two numbers.
+fn ack_position(reply: &str) -> Option<(u64, u64)> {
+    let rest = reply.strip_prefix("$JS.ACK.")?;
+    let skip = match rest.bytes().filter(|&b| b == b'.').count() + 1 {
+        7 => 2,
+        n if n >= 9 => 4,
+        _ => return None,
+    };
+    let mut tokens = rest.split('.').skip(skip);
+    let delivered = tokens.next()?.parse().ok()?;
+    let sequence = tokens.next()?.parse().ok()?;
+    Some((delivered, sequence))
+}
+
 /// Acks, naks and extends one JetStream message.
 struct JsSettle {
-    broker: String,
+    broker: Arc<str>,
     msg: jetstream::Message,
     keepalive: Duration,
 }
@@ -170,7 +197,7 @@ impl JsSettle {
             .ack_with(kind)
             .await
             .map_err(|e| BrokerError::Settle {
-                broker: self.broker.clone(),
+                broker: self.broker.to_string(),
                 message: e.to_string(),
             })
     }
@@ -251,5 +278,29 @@ impl Source for CoreSource {
 
     async fn close(&mut self) {
         let _ = self.sub.unsubscribe().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_position_reads_both_reply_subject_formats() {
+        assert_eq!(
+            ack_position("$JS.ACK.ORDERS.worker.3.1042.1040.1700000000000000000.17"),
+            Some((3, 1042))
+        );
+        assert_eq!(
+            ack_position("$JS.ACK.hub.ACCHASH.ORDERS.worker.1.7.7.1700000000000000000.0.rand0m"),
+            Some((1, 7))
+        );
+        assert_eq!(
+            ack_position("$JS.ACK.hub.ACCHASH.ORDERS.worker.2.9.9.1700000000000000000.0"),
+            Some((2, 9))
+        );
+        assert_eq!(ack_position("$JS.ACK.ORDERS.worker.x.1.1.1.1"), None);
+        assert_eq!(ack_position("$JS.ACK.too.short"), None);
+        assert_eq!(ack_position("_INBOX.abc"), None);
     }
 }
