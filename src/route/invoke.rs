@@ -102,7 +102,7 @@ impl Route {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Attempted::Abandoned(delay),
-                _ = keepalive(tokio::time::sleep(delay), settle) => {}
+                _ = within(std::future::pending::<()>(), delay, settle) => {}
             }
             attempt += 1;
         }
@@ -118,17 +118,17 @@ impl Route {
         msg.deadline = Some(start + self.timeout);
         let handler = Arc::clone(&self.handler);
         let call = AssertUnwindSafe(handler.call(msg)).catch_unwind();
-        let outcome = tokio::time::timeout(self.timeout, keepalive(call, settle)).await;
+        let outcome = within(call, self.timeout, settle).await;
         let elapsed = start.elapsed();
         let (result, label) = match outcome {
-            Err(_) => (
+            None => (
                 Err(HandlerError::retryable(format!(
                     "timed out after {}",
                     humantime::format_duration(self.timeout)
                 ))),
                 Invocation::Timeout,
             ),
-            Ok(Err(panic)) => {
+            Some(Err(panic)) => {
                 let why = panic
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
@@ -140,8 +140,8 @@ impl Route {
                     Invocation::Crash,
                 )
             }
-            Ok(Ok(Ok(outputs))) => (Ok(outputs), Invocation::Ok),
-            Ok(Ok(Err(e))) => {
+            Some(Ok(Ok(outputs))) => (Ok(outputs), Invocation::Ok),
+            Some(Ok(Err(e))) => {
                 let label = match &e {
                     HandlerError::Retryable { .. } => Invocation::Retry,
                     HandlerError::Crashed { .. } => Invocation::Crash,
@@ -157,21 +157,39 @@ impl Route {
     }
 }
 
-/// Awaits `fut`, telling the broker at intervals that the message is still
-/// being worked on.
-async fn keepalive<F: std::future::Future>(fut: F, settle: &dyn Settle) -> F::Output {
-    let Some(every) = settle.keepalive() else {
-        return fut.await;
+/// Awaits `fut` for at most `limit` (`None` past it), telling the broker at
+/// the settle token's keepalive interval that the message is still being
+/// worked on.
+///
+/// One timer, moved forward at each keepalive: a time limit and a separate
+/// interval cost two timer registrations per invocation (docs/benchmarks.md).
+async fn within<F: std::future::Future>(
+    fut: F,
+    limit: Duration,
+    settle: &dyn Settle,
+) -> Option<F::Output> {
+    use tokio::time::Instant;
+    let deadline = Instant::now() + limit;
+    let every = settle.keepalive();
+    let wake_after = |now: Instant| match every {
+        Some(every) if now + every < deadline => now + every,
+        _ => deadline,
     };
-    tokio::pin!(fut);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let timer = tokio::time::sleep_until(wake_after(Instant::now()));
+    tokio::pin!(fut, timer);
     loop {
         tokio::select! {
-            out = &mut fut => return out,
-            _ = tick.tick() => {
+            biased;
+            out = &mut fut => return Some(out),
+            _ = &mut timer => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return None;
+                }
                 if let Err(e) = settle.in_progress().await {
                     warn!(error = %e, "Could not extend the ack deadline.");
                 }
+                timer.as_mut().reset(wake_after(Instant::now()));
             }
         }
     }
@@ -180,6 +198,67 @@ async fn keepalive<F: std::future::Future>(fut: F, settle: &dyn Settle) -> F::Ou
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::brokers::BrokerError;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Counts keepalives, sent every `every`.
+    struct Beats {
+        every: Option<Duration>,
+        sent: AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Settle for Beats {
+        async fn ack(&self) -> Result<(), BrokerError> {
+            Ok(())
+        }
+        async fn nack(&self, _delay: Duration) -> Result<(), BrokerError> {
+            Ok(())
+        }
+        async fn in_progress(&self) -> Result<(), BrokerError> {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn keepalive(&self) -> Option<Duration> {
+            self.every
+        }
+    }
+
+    fn beats(every: Option<u64>) -> Beats {
+        Beats {
+            every: every.map(Duration::from_secs),
+            sent: AtomicU32::new(0),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn within_beats_while_waiting_and_gives_up_at_the_limit() {
+        let settle = beats(Some(10));
+        let slow = tokio::time::sleep(Duration::from_secs(100));
+        let out = within(slow, Duration::from_secs(35), &settle).await;
+        assert_eq!(out, None, "past the limit");
+        assert_eq!(settle.sent.load(Ordering::Relaxed), 3, "at 10, 20 and 30 s");
+
+        let settle = beats(Some(10));
+        let quick = async {
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            7
+        };
+        assert_eq!(
+            within(quick, Duration::from_secs(60), &settle).await,
+            Some(7)
+        );
+        assert_eq!(settle.sent.load(Ordering::Relaxed), 2, "at 10 and 20 s");
+
+        let settle = beats(None);
+        let slow = tokio::time::sleep(Duration::from_secs(100));
+        assert_eq!(within(slow, Duration::from_secs(5), &settle).await, None);
+        assert_eq!(
+            settle.sent.load(Ordering::Relaxed),
+            0,
+            "no keepalive asked for"
+        );
+    }
 
     #[test]
     fn backoff_is_bounded_by_the_exponential_ceiling() {
