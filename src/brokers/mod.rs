@@ -129,9 +129,10 @@ pub trait BacklogProbe: Send + Sync {
 /// A subscription that yields deliveries, one at a time.
 #[async_trait]
 pub trait Source: Send {
-    /// The next delivery. `room` is how many more the route can take now
-    /// (at least 1), so that prefetching never exceeds it.
-    async fn next(&mut self, room: usize) -> Result<Delivery, BrokerError>;
+    /// The next delivery. The route calls it only when it has room for
+    /// one more; what a source prefetches is bounded by the window it was
+    /// opened with.
+    async fn next(&mut self) -> Result<Delivery, BrokerError>;
     /// A probe for the broker-side backlog, when the broker has one.
     fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>>;
     /// Stops consuming; pending acks are flushed.

@@ -141,7 +141,7 @@ async fn redrive(
         if moved >= limit {
             break Ok(());
         }
-        let d = match taker.next(1).await {
+        let d = match taker.next().await {
             Ok(d) => d,
             Err(BrokerError::Drained { .. }) => break Ok(()),
             Err(e) => break Err(e.to_string()),

@@ -143,11 +143,10 @@ impl Route {
                 _ = shutdown.cancelled() => break,
                 p = inflight.clone().acquire_owned() => p.expect("never closed"),
             };
-            let room = inflight.available_permits() + 1;
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                d = source.next(room) => d,
+                d = source.next() => d,
             };
             match next {
                 Ok(d) => {

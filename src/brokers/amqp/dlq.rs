@@ -96,7 +96,7 @@ impl TakeSource {
 
 #[async_trait]
 impl Source for TakeSource {
-    async fn next(&mut self, _room: usize) -> Result<Delivery, BrokerError> {
+    async fn next(&mut self) -> Result<Delivery, BrokerError> {
         let drained = || BrokerError::Drained {
             broker: self.link.broker.clone(),
         };

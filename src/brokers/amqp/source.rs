@@ -157,7 +157,7 @@ impl AmqpSource {
 
 #[async_trait]
 impl Source for AmqpSource {
-    async fn next(&mut self, _room: usize) -> Result<Delivery, BrokerError> {
+    async fn next(&mut self) -> Result<Delivery, BrokerError> {
         loop {
             if self.consumer.is_none() {
                 self.subscribe(None).await?;

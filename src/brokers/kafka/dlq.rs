@@ -289,7 +289,7 @@ impl TakeSource {
 
 #[async_trait]
 impl Source for TakeSource {
-    async fn next(&mut self, _room: usize) -> Result<Delivery, BrokerError> {
+    async fn next(&mut self) -> Result<Delivery, BrokerError> {
         let Some(msg) = read(&mut self.reader, &self.broker).await? else {
             return Err(BrokerError::Drained {
                 broker: self.broker.clone(),

@@ -146,7 +146,7 @@ impl KafkaSource {
 
 #[async_trait]
 impl Source for KafkaSource {
-    async fn next(&mut self, _room: usize) -> Result<Delivery, BrokerError> {
+    async fn next(&mut self) -> Result<Delivery, BrokerError> {
         loop {
             while let Ok(r) = self.retry_rx.try_recv() {
                 self.park(r);

@@ -134,7 +134,7 @@ impl TakeSource {
 
 #[async_trait]
 impl Source for TakeSource {
-    async fn next(&mut self, _room: usize) -> Result<Delivery, BrokerError> {
+    async fn next(&mut self) -> Result<Delivery, BrokerError> {
         if self.left == 0 {
             return Err(BrokerError::Drained {
                 broker: self.broker.clone(),

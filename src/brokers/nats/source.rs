@@ -89,7 +89,7 @@ impl JetStreamSource {
 
 #[async_trait]
 impl Source for JetStreamSource {
-    async fn next(&mut self, _room: usize) -> Result<Delivery, BrokerError> {
+    async fn next(&mut self) -> Result<Delivery, BrokerError> {
         loop {
             // One continuous pull, as the JetStream clients do it: the next
             // pull request leaves when half of the last one has arrived, so
@@ -259,7 +259,7 @@ impl CoreSource {
 
 #[async_trait]
 impl Source for CoreSource {
-    async fn next(&mut self, _room: usize) -> Result<Delivery, BrokerError> {
+    async fn next(&mut self) -> Result<Delivery, BrokerError> {
         match self.sub.next().await {
             Some(m) => Ok(Delivery::new(
                 core_message(m, &self.route),
