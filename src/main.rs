@@ -1,5 +1,6 @@
 //! The `mqfn` binary: parse args, load config, set up logs, run a command.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,8 +13,7 @@ use mqfn::config::Config;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // `run` is a service and logs its life; the other commands print their
     // answer and stay quiet unless something is wrong.
@@ -22,7 +22,20 @@ async fn main() -> ExitCode {
         _ => "warn",
     };
     mqfn::telemetry::init_logs(&cli.log_format, level);
-    match run(cli).await {
+    // The config comes first: it sets how many threads the runtime has.
+    let loaded = Config::locate(cli.config.as_deref()).and_then(|path| {
+        let cfg = Config::load(&path)?;
+        Ok((path, cfg))
+    });
+    let result = loaded.map_err(anyhow::Error::from).and_then(|(path, cfg)| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.worker_threads())
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
+            .block_on(run(cli, path, cfg))
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One problem per line (config errors list every problem found).
@@ -34,9 +47,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let path = Config::locate(cli.config.as_deref())?;
-    let mut cfg = Config::load(&path)?;
+async fn run(cli: Cli, path: PathBuf, mut cfg: Config) -> anyhow::Result<()> {
     match cli.command {
         Command::Validate => {
             println!(

@@ -132,6 +132,17 @@ fn bad_duration() {
 }
 
 #[test]
+fn zero_worker_threads() {
+    refused(
+        &format!("worker_threads = 0\n{GOOD}"),
+        "worker_threads",
+        &["nonzero", "1 or more"],
+    );
+    let (ok, err, _) = validate(&format!("worker_threads = 3\n{GOOD}"));
+    assert!(ok, "{err}");
+}
+
+#[test]
 fn bad_url() {
     refused(
         &GOOD.replace("nats://127.0.0.1:4222", "http://127.0.0.1:4222"),
