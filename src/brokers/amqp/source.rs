@@ -188,7 +188,7 @@ impl Source for AmqpSource {
                 }
             };
             let settle = AmqpSettle {
-                broker: self.link.broker.clone(),
+                link: Arc::clone(&self.link),
                 acker: d.acker,
             };
             return Ok(Delivery::new(msg, Box::new(settle)));
@@ -217,7 +217,8 @@ impl Source for AmqpSource {
 /// Acks or nacks one delivery on the channel it came on. After a reconnect
 /// that channel is gone: the settle fails and the broker redelivers.
 struct AmqpSettle {
-    broker: String,
+    /// Shared, for the broker's name in errors: no copy per message.
+    link: Arc<Link>,
     acker: Acker,
 }
 
@@ -229,7 +230,7 @@ impl AmqpSettle {
             Err(e) => e.to_string(),
         };
         Err(BrokerError::Settle {
-            broker: self.broker.clone(),
+            broker: self.link.broker.clone(),
             message,
         })
     }
