@@ -16,8 +16,8 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// A durable JetStream pull consumer.
 pub struct JetStreamSource {
-    broker: String,
-    broker_name: Arc<str>,
+    /// Shared with every settle token: no copy per message.
+    broker: Arc<str>,
     route: String,
     stream: String,
     consumer: consumer::Consumer<consumer::pull::Config>,
@@ -68,8 +68,7 @@ impl JetStreamSource {
                 ))
             })?;
         Ok(Self {
-            broker: broker.to_owned(),
-            broker_name: Arc::from(broker),
+            broker: Arc::from(broker),
             route: route.name.clone(),
             stream: stream_name,
             consumer,
@@ -81,7 +80,7 @@ impl JetStreamSource {
 
     fn receive_err(&self, e: impl std::fmt::Display) -> BrokerError {
         BrokerError::Receive {
-            broker: self.broker.clone(),
+            broker: self.broker.to_string(),
             message: e.to_string(),
         }
     }
@@ -133,7 +132,7 @@ impl Source for JetStreamSource {
 
     fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>> {
         Some(Arc::new(ConsumerBacklog {
-            broker: self.broker.clone(),
+            broker: self.broker.to_string(),
             consumer: self.consumer.clone(),
         }))
     }
@@ -155,7 +154,7 @@ impl JetStreamSource {
         };
         from_header_map(m.headers.as_ref(), &mut msg);
         let settle = JsSettle {
-            broker: Arc::clone(&self.broker_name),
+            broker: Arc::clone(&self.broker),
             msg: m,
             keepalive: self.keepalive,
         };
