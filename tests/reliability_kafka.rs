@@ -320,6 +320,9 @@ dead_letter = {{ broker = "k", topic = "{p}.dlq", create = {{ partitions = 1 }} 
             0 => r.header("note", "line one\r\nline two"),
             1 => r.header("bad name", "x"),
             2 => r.header("bin", vec![0xff, b'A']),
+            // async-nats panicked on a non-ASCII name once: the result was
+            // never settled and came back forever.
+            3 => r.header("naïve", "x"),
             _ => r,
         }
     }))
@@ -341,7 +344,7 @@ dead_letter = {{ broker = "k", topic = "{p}.dlq", create = {{ partitions = 1 }} 
         h.get("n").expect("n").as_str().parse().expect("a number")
     };
     let outs = common::js_read_at_least(&js, &stream, &format!("{s}.out"), 51, LONG).await;
-    let dead = common::js_read_at_least(&js, &stream, &format!("{s}.dlq"), 2, LONG).await;
+    let dead = common::js_read_at_least(&js, &stream, &format!("{s}.dlq"), 3, LONG).await;
     let rabbit = amqp_support::Rabbit::connect(&common::amqp_url()).await;
     let got = rabbit.take(&queue, 10).await;
     let mut kafka_dlq = f.reader("dlq", 1);
@@ -351,7 +354,7 @@ dead_letter = {{ broker = "k", topic = "{p}.dlq", create = {{ partitions = 1 }} 
     ns.sort_unstable();
     assert_eq!(
         ns,
-        (2..54).collect::<Vec<_>>(),
+        std::iter::once(2).chain(4..54).collect::<Vec<_>>(),
         "every other message went through, once"
     );
     let bin = outs.iter().find(|m| n_of(m) == 2).expect("n=2");
@@ -386,6 +389,8 @@ dead_letter = {{ broker = "k", topic = "{p}.dlq", create = {{ partitions = 1 }} 
     assert_eq!(header(line, "note"), "line one  line two");
     let name = dead.iter().find(|d| n_of(d) == 1).expect("n=1");
     assert_eq!(header(name, "bad_name"), "x");
+    let ascii = dead.iter().find(|d| n_of(d) == 3).expect("n=3");
+    assert_eq!(header(ascii, "na_ve"), "x");
 
     let mut to_amqp: Vec<String> = got.iter().map(|g| g.headers["n"].clone()).collect();
     to_amqp.sort();
@@ -401,13 +406,15 @@ dead_letter = {{ broker = "k", topic = "{p}.dlq", create = {{ partitions = 1 }} 
     );
     reasons.insert(100, refused.headers["mqfn-error"].clone());
     println!("{reasons:#?}");
-    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
     assert!(reasons[&0].contains("line break"), "{}", reasons[&0]);
-    assert!(
-        reasons[&1].contains("not valid for NATS"),
-        "{}",
-        reasons[&1]
-    );
+    for n in [1, 3] {
+        assert!(
+            reasons[&n].contains("not valid for NATS"),
+            "{}",
+            reasons[&n]
+        );
+    }
     assert!(
         reasons[&100].contains("AMQP allows at most 255"),
         "{}",
