@@ -134,7 +134,7 @@ impl AmqpPublisher {
         };
         let name = super::connection::connection_name(broker, "publish");
         let connections = deadpool_lapin::Config {
-            url: Some(url.to_owned()),
+            url: Some(super::connection::tuned_url(url)),
             pool: None,
         }
         .builder(
