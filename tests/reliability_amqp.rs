@@ -273,16 +273,7 @@ impl Drop for MaxMessageSize {
 
 /// Runs `rabbitmqctl eval EXPR` on the test broker's node.
 fn rabbitmqctl(expr: &str) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["eval", expr])
-        .output()
-        .expect("rabbitmqctl (from the rabbitmq-server package) runs on the test machine");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl eval {expr}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    amqp_support::rabbitmqctl(&["eval", expr])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
