@@ -188,13 +188,24 @@ async fn ten_thousand_in_ten_thousand_distinct_out() {
         got.duplicates()
     );
     assert_eq!(got.by_id.len(), 10_000, "every input has a result");
+    let mut ids = std::collections::HashSet::new();
     for (id, (_, msg)) in &got.by_id {
         assert_eq!(
             msg.payload,
             format!("message {id}"),
             "echo keeps the payload"
         );
+        // By default every result carries a deduplication id derived from
+        // the input's stream position: `mqfn:ROUTE:STREAM:SEQ:OUTPUT`.
+        let dedup = header(msg, "Nats-Msg-Id");
+        let prefix = format!("mqfn:r:{}:", f.stream);
+        assert!(
+            dedup.starts_with(&prefix) && dedup.ends_with(":0"),
+            "{dedup}"
+        );
+        ids.insert(dedup);
     }
+    assert_eq!(ids.len(), 10_000, "one deduplication id per input");
     let dlq = f.collect("dlq", 1, Duration::from_millis(300)).await;
     assert_eq!(dlq.total, 0, "nothing was dead-lettered");
     eventually(LONG, "all inputs acked", || async {
@@ -250,6 +261,38 @@ async fn permanent_failure_is_dead_lettered_with_headers_and_acked() {
             r#"mqfn_messages_settled_total{route="r",outcome="dead_lettered"}"#
         ),
         Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn dedup_false_leaves_the_nats_msg_id_off_that_endpoint_only() {
+    let f = Fixture::new().await;
+    f.publish(2, |i| ["ok", "permanent:bad"][i].to_owned())
+        .await;
+    let out = format!("subject = \"{}.out\" }}", f.prefix);
+    let config = f.config("fail", "").replace(
+        &out,
+        &format!("subject = \"{}.out\", dedup = false }}", f.prefix),
+    );
+    assert!(config.contains("dedup = false"), "{config}");
+    let _m = Mqfn::start(&config);
+    let got = f.collect("out", 1, LONG).await;
+    let (_, msg) = &got.by_id["0"];
+    assert_eq!(msg.payload, "ok");
+    assert!(
+        msg.headers
+            .as_ref()
+            .map_or(true, |h| h.get("Nats-Msg-Id").is_none()),
+        "no Nats-Msg-Id with dedup = false: {:?}",
+        msg.headers
+    );
+    // The dead letter keeps its default.
+    let dlq = f.collect("dlq", 1, LONG).await;
+    let (_, msg) = &dlq.by_id["1"];
+    assert!(
+        header(msg, "Nats-Msg-Id").ends_with(":dlq"),
+        "{:?}",
+        msg.headers
     );
 }
 

@@ -236,3 +236,30 @@ fn kafka_properties_are_checked_by_librdkafka() {
     ));
     assert!(ok, "{err}");
 }
+
+#[test]
+fn dedup_only_on_nats_outputs_and_dead_letters() {
+    let ok = GOOD.replace(
+        "output = { broker = \"js\", subject = \"out\" }",
+        "output = { broker = \"js\", subject = \"out\", dedup = false }",
+    );
+    let (passed, err, _) = validate(&ok);
+    assert!(passed, "{err}");
+    refused(
+        &GOOD.replace("stream = \"S\" }", "stream = \"S\", dedup = false }"),
+        "routes[0].source.dedup",
+        &["set it on output or dead_letter"],
+    );
+    let kafka = format!(
+        "{}\n[brokers.k]\nkind = \"kafka\"\nbootstrap = \"127.0.0.1:9092\"\n",
+        GOOD.replace(
+            "output = { broker = \"js\", subject = \"out\" }",
+            "output = { broker = \"k\", topic = \"out\", dedup = false }",
+        )
+    );
+    refused(
+        &kafka,
+        "routes[0].output.dedup",
+        &["dedup applies to nats brokers", "\"k\" is kafka"],
+    );
+}

@@ -94,6 +94,10 @@ pub struct Endpoint {
     /// Kafka: create the topic at start when missing.
     #[serde(default)]
     pub create: Option<TopicCreate>,
+    /// NATS output or dead letter: whether results of JetStream inputs
+    /// carry a `Nats-Msg-Id` (default true; see [`Endpoint::dedup`]).
+    #[serde(default)]
+    pub dedup: Option<bool>,
 }
 
 impl Endpoint {
@@ -103,6 +107,12 @@ impl Endpoint {
             .as_deref()
             .or(self.topic.as_deref())
             .or(self.queue.as_deref())
+    }
+
+    /// Whether publishes here carry a deduplication id (`Nats-Msg-Id` on
+    /// NATS, from the input's stream position). On unless `dedup = false`.
+    pub fn dedup(&self) -> bool {
+        self.dedup != Some(false)
     }
 
     /// `broker/address`, as logs and `mqfn-source` show it.

@@ -489,6 +489,13 @@ impl Validator<'_> {
         only(ep.group.is_some(), "group", BrokerKind::Kafka, self);
         only(ep.create.is_some(), "create", BrokerKind::Kafka, self);
         only(ep.exchange.is_some(), "exchange", BrokerKind::Amqp, self);
+        only(ep.dedup.is_some(), "dedup", BrokerKind::Nats, self);
+        if is_source && ep.dedup.is_some() {
+            self.err(
+                format!("{key}.dedup"),
+                "dedup applies to what mqfn publishes: set it on output or dead_letter",
+            );
+        }
         if let Some(c) = &ep.create {
             if c.partitions < 1 {
                 self.err(format!("{key}.create.partitions"), "must be at least 1");

@@ -120,7 +120,11 @@ impl Route {
             headers,
             key: d.msg.key.clone(),
             correlation_id: d.msg.correlation_id.clone(),
-            dedup_id: dedup_id(&self.name, &d.msg, None),
+            dedup_id: if sink.at.dedup() {
+                dedup_id(&self.name, &d.msg, None)
+            } else {
+                None
+            },
             ..OutMessage::default()
         };
         let mut result = sink.publisher.publish(&sink.at, msg.clone()).await;
@@ -173,7 +177,12 @@ impl Route {
             headers,
             key: out.key.or_else(|| input.key.clone()),
             correlation_id: input.correlation_id.clone(),
-            dedup_id: dedup_id(&self.name, input, Some(index)),
+            // Replies keep it: a stream may capture the reply subject.
+            dedup_id: if self.output.as_ref().map_or(true, |s| s.at.dedup()) {
+                dedup_id(&self.name, input, Some(index))
+            } else {
+                None
+            },
             ..OutMessage::default()
         }
     }
