@@ -95,6 +95,10 @@ struct RunArgs {
     /// (baseline and mqfn) into this directory.
     #[arg(long)]
     perf: Option<PathBuf>,
+    /// Run mqfn's NATS routes with `dedup = false` (no `Nats-Msg-Id`):
+    /// plain at-least-once, the baseline's guarantee.
+    #[arg(long)]
+    no_dedup: bool,
 }
 
 fn main() -> ExitCode {
@@ -150,17 +154,19 @@ async fn bench(a: RunArgs) -> Result<(), String> {
     opts.handler_calls = a.handler_calls;
     opts.handler_instances = a.handler_instances.max(1);
     opts.perf = a.perf;
+    opts.dedup = !a.no_dedup;
     if a.smoke {
         opts = opts.smoke();
     }
     let report = mqfn_bench::run(&opts).await;
     println!(
-        "mqfn-bench: N = {}, S = {} B, {} pair(s), window {} (mqfn workers.max {}), {} CPU(s), mqfn {}\n",
+        "mqfn-bench: N = {}, S = {} B, {} pair(s), window {} (mqfn workers.max {}{}), {} CPU(s), mqfn {}\n",
         opts.messages,
         opts.size,
         opts.pairs,
         opts.window,
         opts.workers_max(),
+        if opts.dedup { "" } else { ", NATS dedup = false" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         opts.mqfn_bin.display()
     );

@@ -109,6 +109,9 @@ pub struct Options {
     pub stall_secs: f64,
     /// Record a `perf` profile of each throughput run's consumer here.
     pub perf: Option<PathBuf>,
+    /// mqfn's NATS outputs carry `Nats-Msg-Id` (its default); false sets
+    /// `dedup = false`: plain at-least-once, as the baseline.
+    pub dedup: bool,
 }
 
 impl Options {
@@ -135,6 +138,7 @@ impl Options {
             repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
             stall_secs: 60.0,
             perf: None,
+            dedup: true,
         }
     }
 

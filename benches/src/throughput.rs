@@ -63,7 +63,12 @@ impl<'a> Bench<'a> {
         match side {
             Side::Baseline => Consumer::baseline(self.opts, self.broker(), &names[0]).await,
             Side::Mqfn => {
-                let config = mqfn_config(self.harness.as_ref(), names, self.opts.workers_max());
+                let config = mqfn_config(
+                    self.harness.as_ref(),
+                    names,
+                    self.opts.workers_max(),
+                    self.opts.dedup,
+                );
                 Consumer::mqfn(self.opts, &config).await
             }
         }

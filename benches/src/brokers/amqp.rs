@@ -201,7 +201,7 @@ impl Harness for Amqp {
         s
     }
 
-    fn route_toml(&self, n: &Names, route: &str, workers_max: usize) -> String {
+    fn route_toml(&self, n: &Names, route: &str, workers_max: usize, _dedup: bool) -> String {
         format!(
             r#"[[routes]]
 name = "{route}"

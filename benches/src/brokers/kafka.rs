@@ -249,7 +249,7 @@ impl Harness for Kafka {
         )
     }
 
-    fn route_toml(&self, n: &Names, route: &str, workers_max: usize) -> String {
+    fn route_toml(&self, n: &Names, route: &str, workers_max: usize, _dedup: bool) -> String {
         format!(
             r#"[[routes]]
 name = "{route}"

@@ -45,7 +45,9 @@ pub trait Harness: Send + Sync {
     /// The `[brokers.*]` section that serves the routes of `runs`.
     fn broker_toml(&self, runs: &[Names]) -> String;
     /// One `[[routes]]` entry: `n.input()` → `echo` → `n.output()`.
-    fn route_toml(&self, n: &Names, route: &str, workers_max: usize) -> String;
+    /// `dedup` false adds `dedup = false` to outputs where it applies
+    /// (NATS).
+    fn route_toml(&self, n: &Names, route: &str, workers_max: usize, dedup: bool) -> String;
 }
 
 /// Connects the harness for `broker`.
@@ -71,12 +73,12 @@ pub async fn baseline(broker: Broker, urls: &Urls, id: &str, window: usize) -> R
 
 /// A full mqfn config: shutdown timeout, the broker and one echo route per
 /// run.
-pub fn mqfn_config(h: &dyn Harness, runs: &[Names], workers_max: usize) -> String {
+pub fn mqfn_config(h: &dyn Harness, runs: &[Names], workers_max: usize, dedup: bool) -> String {
     let mut text = String::from("shutdown_timeout = \"10s\"\n\n");
     text.push_str(&h.broker_toml(runs));
     for (i, n) in runs.iter().enumerate() {
         text.push('\n');
-        text.push_str(&h.route_toml(n, &format!("bench{i}"), workers_max));
+        text.push_str(&h.route_toml(n, &format!("bench{i}"), workers_max, dedup));
     }
     text
 }

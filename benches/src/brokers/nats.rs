@@ -133,14 +133,15 @@ impl Harness for Nats {
         format!("[brokers.js]\nkind = \"nats\"\nurl = \"{}\"\n", self.url)
     }
 
-    fn route_toml(&self, n: &Names, route: &str, workers_max: usize) -> String {
+    fn route_toml(&self, n: &Names, route: &str, workers_max: usize, dedup: bool) -> String {
+        let dedup = if dedup { "" } else { ", dedup = false" };
         format!(
             r#"[[routes]]
 name = "{route}"
 source = {{ broker = "js", subject = "{input}", stream = "{stream}", durable = "{id}" }}
 handler = "echo"
-output = {{ broker = "js", subject = "{output}" }}
-dead_letter = {{ broker = "js", subject = "{dlq}" }}
+output = {{ broker = "js", subject = "{output}"{dedup} }}
+dead_letter = {{ broker = "js", subject = "{dlq}"{dedup} }}
 workers = {{ min = 0, max = {workers_max} }}
 "#,
             input = n.input(),
