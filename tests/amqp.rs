@@ -176,6 +176,84 @@ name = \"{unbound}\"
         .await;
 }
 
+/// Publishes to one destination are pipelined and their confirms come
+/// back coalesced, but a basic.return names no delivery tag. Through a
+/// headers exchange, half the results of one route are unroutable: each
+/// return must fail its own publish, so the routable results arrive once
+/// each and every unroutable input stays in its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returns_are_paired_with_their_own_publishes_in_a_pipelined_batch() {
+    const N: usize = 400;
+    let (input, out, dlq, x) = (
+        rand_name("in"),
+        rand_name("out"),
+        rand_name("dlq"),
+        rand_name("x_headers"),
+    );
+    let r = Rabbit::connect(&amqp_url()).await;
+    let config = format!(
+        "{}{}{}{}
+[[routes]]
+name = \"split\"
+source = {{ broker = \"rabbit\", queue = \"{input}\" }}
+handler = \"echo\"
+output = {{ broker = \"rabbit\", exchange = \"{x}\", routing_key = \"any\" }}
+dead_letter = {{ broker = \"rabbit\", queue = \"{dlq}\" }}
+workers = {{ min = 32, max = 32 }}
+",
+        broker(&amqp_url()),
+        // Quorum: redeliveries are counted by the queue, with no
+        // re-queued copies (classic queues' checkpoints) to count around.
+        queue_decl(&input, "quorum"),
+        queue_decl(&out, "classic"),
+        queue_decl(&dlq, "classic"),
+    );
+    let mut m = Mqfn::start(&config);
+    m.wait_ready(SHORT).await;
+    r.headers_exchange(&x, &out, &[("keep", "yes")]).await;
+    r.publish_all(
+        &input,
+        (0..N).map(|i| {
+            let keep = if i % 2 == 0 { "yes" } else { "no" };
+            (format!("m-{i}"), vec![("keep", keep.to_owned())])
+        }),
+    )
+    .await;
+    eventually(LONG, "the routable half out, the rest retried", || async {
+        let redelivered = series(&m, "mqfn_messages_redelivered_total{route=\"split\"}").await;
+        (r.count(&out).await as usize >= N / 2 && redelivered >= N as f64).then_some(())
+    })
+    .await;
+    m.signal("TERM");
+    assert!(m.wait_exit(SHORT).success(), "log:\n{}", m.log_text());
+    let results = r.count(&out).await as usize;
+    let mut got: Vec<_> = r
+        .take(&out, results)
+        .await
+        .into_iter()
+        .map(|g| g.payload)
+        .collect();
+    got.sort();
+    let mut want: Vec<_> = (0..N).step_by(2).map(|i| format!("m-{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "each routable result exactly once");
+    let mut left: Vec<_> = r
+        .take(&input, r.count(&input).await as usize)
+        .await
+        .into_iter()
+        .map(|g| g.payload)
+        .collect();
+    left.sort();
+    let mut unroutable: Vec<_> = (1..N).step_by(2).map(|i| format!("m-{i}")).collect();
+    unroutable.sort();
+    assert_eq!(
+        left, unroutable,
+        "every unroutable input is still in its queue"
+    );
+    assert_eq!(r.count(&dlq).await, 0);
+    r.cleanup(&[&input, &out, &dlq], &[&x]).await;
+}
+
 /// Poison messages on one queue type: retried in process up to
 /// `max_attempts`, and counted across a crash of mqfn.
 async fn poison(queue_type: &str) {

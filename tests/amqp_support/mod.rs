@@ -186,6 +186,39 @@ impl Rabbit {
             .expect("bind");
     }
 
+    /// A headers exchange `name` that routes to `queue` only the messages
+    /// whose headers include every one of `all`.
+    pub async fn headers_exchange(&self, name: &str, queue: &str, all: &[(&str, &str)]) {
+        let opts = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        self.ch
+            .exchange_declare(
+                name.into(),
+                ExchangeKind::Headers,
+                opts,
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare headers exchange");
+        let mut args = FieldTable::default();
+        args.insert("x-match".into(), AMQPValue::LongString("all".into()));
+        for (k, v) in all {
+            args.insert((*k).into(), AMQPValue::LongString((*v).into()));
+        }
+        self.ch
+            .queue_bind(
+                queue.into(),
+                name.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                args,
+            )
+            .await
+            .expect("bind with headers");
+    }
+
     pub async fn cleanup(&self, queues: &[&str], exchanges: &[&str]) {
         for q in queues {
             let _ = self

@@ -11,6 +11,7 @@
 mod connection;
 mod dlq;
 mod headers;
+mod lane;
 mod sink;
 mod source;
 mod topology;

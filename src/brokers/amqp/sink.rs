@@ -1,11 +1,15 @@
-//! Publishing: a deadpool of confirm-mode channels on a connection of their
-//! own (kept by deadpool-lapin), so that broker flow control on publishes
-//! never holds up the consumers' acks.
+//! Publishing, on a connection of its own (kept by deadpool-lapin), so
+//! that broker flow control on publishes never holds up the consumers'
+//! acks. Outputs and dead letters go through a pipelined [`Lane`] per
+//! destination; replies (one reply queue per caller) and re-queued copies
+//! through a deadpool of confirm-mode channels, one publish per channel.
 //!
 //! Every publish is `mandatory` and waits for its publisher confirm: a
 //! message that no queue takes (basic.return) or that the broker nacks is a
 //! failure, and the input goes back to its queue.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,15 +21,16 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use tracing::warn;
 
 use super::headers::{properties, short};
+use super::lane::Lane;
 use crate::brokers::{BrokerError, OutMessage, PublishError, PublishErrorKind, Publisher};
 use crate::config::Endpoint;
 
-/// Channels kept for publishing: the most publishes awaiting a confirm at
-/// once. One publish holds its channel until confirmed, so that a
-/// basic.return is never paired with another message's confirm.
+/// Channels kept for replies and re-queues: the most of those awaiting a
+/// confirm at once. One publish holds its channel until confirmed, so that
+/// a basic.return is never paired with another message's confirm.
 const PUBLISH_CHANNELS: usize = 64;
 /// How long a publish may wait for its confirm before it counts as failed.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long opening a publishing connection or channel may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,6 +93,20 @@ pub(super) fn classify(f: &Failure) -> PublishErrorKind {
     }
 }
 
+/// A confirm-mode channel on the pooled publishing connection (opened
+/// on first use).
+pub(super) async fn open_channel(connections: &deadpool_lapin::Pool) -> Result<Channel, String> {
+    let conn = connections.get().await.map_err(|e| match e {
+        PoolError::Backend(e) => super::topology::reason(&e),
+        other => other.to_string(),
+    })?;
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ch)
+}
+
 /// Opens confirm-mode channels on the pooled publishing connection.
 pub(super) struct ChannelManager {
     connections: deadpool_lapin::Pool,
@@ -98,15 +117,7 @@ impl managed::Manager for ChannelManager {
     type Error = String;
 
     async fn create(&self) -> Result<Channel, String> {
-        let conn = self.connections.get().await.map_err(|e| match e {
-            PoolError::Backend(e) => super::topology::reason(&e),
-            other => other.to_string(),
-        })?;
-        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(ch)
+        open_channel(&self.connections).await
     }
 
     async fn recycle(&self, ch: &mut Channel, _: &Metrics) -> RecycleResult<String> {
@@ -118,10 +129,13 @@ impl managed::Manager for ChannelManager {
     }
 }
 
-/// Publishes outputs, replies and dead letters with publisher confirms.
+/// Publishes outputs, replies and dead letters with publisher confirms:
+/// outputs and dead letters through a [`Lane`] per destination (pipelined),
+/// replies and requeues one per pooled channel.
 pub struct AmqpPublisher {
     broker: String,
     channels: managed::Pool<ChannelManager>,
+    lanes: std::sync::Mutex<HashMap<(String, String), Arc<Lane>>>,
 }
 
 impl AmqpPublisher {
@@ -159,7 +173,28 @@ impl AmqpPublisher {
         Ok(Self {
             broker: broker.to_owned(),
             channels,
+            lanes: Default::default(),
         })
+    }
+
+    /// The lane to `exchange`/`routing_key`, started on first use.
+    fn lane(&self, exchange: &str, routing_key: &str) -> Result<Arc<Lane>, Failure> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (exchange.to_owned(), routing_key.to_owned());
+        if let Some(lane) = lanes.get(&key) {
+            return Ok(lane.clone());
+        }
+        let (x, k) = match (
+            short("exchange", exchange),
+            short("routing key", routing_key),
+        ) {
+            (Ok(x), Ok(k)) => (x, k),
+            (Err(m), _) | (_, Err(m)) => return Err(Failure::Unencodable(m)),
+        };
+        let connections = self.channels.manager().connections.clone();
+        let lane = Arc::new(Lane::start(connections, x, k));
+        lanes.insert(key, lane.clone());
+        Ok(lane)
     }
 
     /// Publishes one message and waits for its confirm.
@@ -217,6 +252,7 @@ impl AmqpPublisher {
     /// Closes the pooled channels and, gracefully, the publishing
     /// connection (if one is open).
     pub(super) async fn close(&self) {
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.channels.close();
         let connections = &self.channels.manager().connections;
         connections.close();
@@ -249,7 +285,10 @@ impl Publisher for AmqpPublisher {
             format!("{exchange}/{routing_key}")
         };
         let props = properties(&msg).map_err(|m| self.fail(&target, &Failure::Unencodable(m)))?;
-        self.send(exchange, routing_key, &msg.payload, props)
+        let lane = self
+            .lane(exchange, routing_key)
+            .map_err(|f| self.fail(&target, &f))?;
+        lane.send(msg.payload, props)
             .await
             .map_err(|f| self.fail(&target, &f))
     }
