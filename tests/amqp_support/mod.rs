@@ -158,29 +158,33 @@ impl Rabbit {
     }
 
     pub async fn exchange(&self, name: &str) {
+        self.declare_exchange(name, ExchangeKind::Direct).await;
+    }
+
+    async fn declare_exchange(&self, name: &str, kind: ExchangeKind) {
         let opts = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
         };
         self.ch
-            .exchange_declare(
-                name.into(),
-                ExchangeKind::Direct,
-                opts,
-                FieldTable::default(),
-            )
+            .exchange_declare(name.into(), kind, opts, FieldTable::default())
             .await
             .expect("declare exchange");
     }
 
     pub async fn bind(&self, queue: &str, exchange: &str, key: &str) {
+        self.bind_with(queue, exchange, key, FieldTable::default())
+            .await;
+    }
+
+    async fn bind_with(&self, queue: &str, exchange: &str, key: &str, args: FieldTable) {
         self.ch
             .queue_bind(
                 queue.into(),
                 exchange.into(),
                 key.into(),
                 QueueBindOptions::default(),
-                FieldTable::default(),
+                args,
             )
             .await
             .expect("bind");
@@ -189,34 +193,13 @@ impl Rabbit {
     /// A headers exchange `name` that routes to `queue` only the messages
     /// whose headers include every one of `all`.
     pub async fn headers_exchange(&self, name: &str, queue: &str, all: &[(&str, &str)]) {
-        let opts = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        self.ch
-            .exchange_declare(
-                name.into(),
-                ExchangeKind::Headers,
-                opts,
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare headers exchange");
+        self.declare_exchange(name, ExchangeKind::Headers).await;
         let mut args = FieldTable::default();
         args.insert("x-match".into(), AMQPValue::LongString("all".into()));
         for (k, v) in all {
             args.insert((*k).into(), AMQPValue::LongString((*v).into()));
         }
-        self.ch
-            .queue_bind(
-                queue.into(),
-                name.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                args,
-            )
-            .await
-            .expect("bind with headers");
+        self.bind_with(queue, name, "", args).await;
     }
 
     pub async fn cleanup(&self, queues: &[&str], exchanges: &[&str]) {
