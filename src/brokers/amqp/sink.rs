@@ -17,6 +17,7 @@ use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleR
 use deadpool::Runtime;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation};
 use tracing::warn;
 
@@ -93,6 +94,18 @@ pub(super) fn classify(f: &Failure) -> PublishErrorKind {
     }
 }
 
+/// The exchange and routing key as AMQP short strings, or why they cannot
+/// be (longer than 255 bytes).
+fn names(exchange: &str, routing_key: &str) -> Result<(ShortString, ShortString), Failure> {
+    match (
+        short("exchange", exchange),
+        short("routing key", routing_key),
+    ) {
+        (Ok(x), Ok(k)) => Ok((x, k)),
+        (Err(m), _) | (_, Err(m)) => Err(Failure::Unencodable(m)),
+    }
+}
+
 /// A confirm-mode channel on the pooled publishing connection (opened
 /// on first use).
 pub(super) async fn open_channel(connections: &deadpool_lapin::Pool) -> Result<Channel, String> {
@@ -135,7 +148,8 @@ impl managed::Manager for ChannelManager {
 pub struct AmqpPublisher {
     broker: String,
     channels: managed::Pool<ChannelManager>,
-    lanes: std::sync::Mutex<HashMap<(String, String), Arc<Lane>>>,
+    /// By exchange, then routing key: looked up without allocating.
+    lanes: std::sync::Mutex<HashMap<String, HashMap<String, Arc<Lane>>>>,
 }
 
 impl AmqpPublisher {
@@ -180,20 +194,19 @@ impl AmqpPublisher {
     /// The lane to `exchange`/`routing_key`, started on first use.
     fn lane(&self, exchange: &str, routing_key: &str) -> Result<Arc<Lane>, Failure> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (exchange.to_owned(), routing_key.to_owned());
-        if let Some(lane) = lanes.get(&key) {
+        if let Some(lane) = lanes
+            .get(exchange)
+            .and_then(|by_key| by_key.get(routing_key))
+        {
             return Ok(lane.clone());
         }
-        let (x, k) = match (
-            short("exchange", exchange),
-            short("routing key", routing_key),
-        ) {
-            (Ok(x), Ok(k)) => (x, k),
-            (Err(m), _) | (_, Err(m)) => return Err(Failure::Unencodable(m)),
-        };
+        let (x, k) = names(exchange, routing_key)?;
         let connections = self.channels.manager().connections.clone();
         let lane = Arc::new(Lane::start(connections, x, k));
-        lanes.insert(key, lane.clone());
+        lanes
+            .entry(exchange.to_owned())
+            .or_default()
+            .insert(routing_key.to_owned(), lane.clone());
         Ok(lane)
     }
 
@@ -205,13 +218,7 @@ impl AmqpPublisher {
         payload: &[u8],
         props: BasicProperties,
     ) -> Result<(), Failure> {
-        let (exchange, routing_key) = match (
-            short("exchange", exchange),
-            short("routing key", routing_key),
-        ) {
-            (Ok(x), Ok(k)) => (x, k),
-            (Err(m), _) | (_, Err(m)) => return Err(Failure::Unencodable(m)),
-        };
+        let (exchange, routing_key) = names(exchange, routing_key)?;
         let ch = self.channels.get().await.map_err(|e| match e {
             PoolError::Backend(why) => Failure::NoChannel(why),
             other => Failure::NoChannel(other.to_string()),
