@@ -189,6 +189,7 @@ async fn ten_thousand_in_ten_thousand_distinct_out() {
     );
     assert_eq!(got.by_id.len(), 10_000, "every input has a result");
     let mut ids = std::collections::HashSet::new();
+    let prefix = format!("mqfn:r:{}:", f.stream);
     for (id, (_, msg)) in &got.by_id {
         assert_eq!(
             msg.payload,
@@ -198,7 +199,6 @@ async fn ten_thousand_in_ten_thousand_distinct_out() {
         // By default every result carries a deduplication id derived from
         // the input's stream position: `mqfn:ROUTE:STREAM:SEQ:OUTPUT`.
         let dedup = header(msg, "Nats-Msg-Id");
-        let prefix = format!("mqfn:r:{}:", f.stream);
         assert!(
             dedup.starts_with(&prefix) && dedup.ends_with(":0"),
             "{dedup}"
