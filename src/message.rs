@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-pub use mqfn_handlers::{Headers, Message, Output, SourceMeta};
+pub use mqfn_handlers::{Headers, Message, Output, Position};
 
 use crate::brokers::BrokerError;
 
@@ -77,7 +77,7 @@ impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
             .field("subject", &self.msg.subject)
-            .field("meta", &self.msg.meta)
+            .field("position", &self.msg.position)
             .finish_non_exhaustive()
     }
 }

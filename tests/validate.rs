@@ -51,16 +51,20 @@ fn a_good_config_passes() {
 
 #[test]
 fn shipped_configs_pass() {
-    for f in [
-        "config/nats.toml",
-        "config/compose.toml",
-        "config/kafka.toml",
-    ] {
-        let path = format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
+    let dir = format!("{}/config", env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    for f in files {
+        let path = f.display().to_string();
         let out = cli(&["validate", "--config", &path]);
         assert!(
             out.status.success(),
-            "{f}: {}",
+            "{path}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -260,6 +264,133 @@ fn dedup_only_on_nats_outputs_and_dead_letters() {
     refused(
         &kafka,
         "routes[0].output.dedup",
-        &["dedup applies to nats brokers", "\"k\" is kafka"],
+        &["unknown field `dedup`", "route \"r\"", "\"k\" is kafka"],
     );
+}
+
+/// Loads `text` in process; the error text when it is refused.
+fn load(text: &str) -> Result<mqfn::config::Config, String> {
+    mqfn::config::Config::from_str(text, std::path::Path::new("t.toml")).map_err(|e| e.to_string())
+}
+
+const BROKERS: &str = r#"
+[brokers.js]
+kind = "nats"
+url = "nats://127.0.0.1:4222"
+[brokers.k]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+[brokers.mq]
+kind = "amqp"
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+"#;
+
+#[test]
+fn a_key_of_another_broker_kind_is_refused_with_the_route_and_the_kind() {
+    for (source, key, kind) in [
+        (
+            r#"{ broker = "k", topic = "t", ack_wait = "5s" }"#,
+            "ack_wait",
+            "kafka",
+        ),
+        (
+            r#"{ broker = "mq", queue = "q", max_deliver = 3 }"#,
+            "max_deliver",
+            "amqp",
+        ),
+        (
+            r#"{ broker = "k", topic = "t", max_ack_pending = 9 }"#,
+            "max_ack_pending",
+            "kafka",
+        ),
+        (
+            r#"{ broker = "js", subject = "s", stream = "S", auto_offset_reset = "latest" }"#,
+            "auto_offset_reset",
+            "nats",
+        ),
+        (
+            r#"{ broker = "js", subject = "s", stream = "S", routing_key = "rk" }"#,
+            "routing_key",
+            "nats",
+        ),
+        (
+            r#"{ broker = "mq", queue = "q", routing_key = "rk" }"#,
+            "routing_key",
+            "amqp",
+        ),
+    ] {
+        let text = format!(
+            "{BROKERS}\n[[routes]]\nname = \"orders\"\nsource = {source}\nhandler = \"echo\"\n\
+             dead_letter = {{ broker = \"k\", topic = \"dlq\" }}\n"
+        );
+        let err = load(&text).expect_err(source);
+        let line = err
+            .lines()
+            .find(|l| l.starts_with(&format!("t.toml: routes[0].source.{key}: ")))
+            .unwrap_or_else(|| panic!("no error at routes[0].source.{key} in:\n{err}"));
+        for needle in [
+            format!("`{key}`"),
+            "route \"orders\"".into(),
+            format!("is {kind}"),
+        ] {
+            assert!(line.contains(&needle), "{needle} not in {line}");
+        }
+    }
+}
+
+#[test]
+fn keys_of_jetstream_need_a_stream_and_the_other_side_is_named() {
+    let route = |source: &str, output: &str| {
+        format!(
+            "{BROKERS}\n[[routes]]\nname = \"r\"\nsource = {source}\nhandler = \"echo\"\noutput = {output}\n"
+        )
+    };
+    let err = load(&route(
+        r#"{ broker = "js", subject = "s", durable = "d" }"#,
+        r#"{ broker = "js", subject = "o" }"#,
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("routes[0].source.durable: durable applies to JetStream sources"),
+        "{err}"
+    );
+    let err = load(&route(
+        r#"{ broker = "js", subject = "s" }"#,
+        r#"{ broker = "js", subject = "o", durable = "d" }"#,
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("routes[0].output.durable: unknown field `durable`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`durable` is a key of nats sources: set it on source"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_broker_kind_and_endpoint_becomes_typed() {
+    let text = format!(
+        "{BROKERS}\n[brokers.mem]\nkind = \"memory\"\n\
+         [[routes]]\nname = \"a\"\nsource = {{ broker = \"k\", subject = \"orders\" }}\nhandler = \"echo\"\n\
+         output = {{ broker = \"mq\", exchange = \"x\", routing_key = \"rk\" }}\n\
+         dead_letter = {{ broker = \"mem\", topic = \"dlq\" }}\n"
+    );
+    let cfg = load(&text).unwrap();
+    let r = &cfg.routes[0];
+    assert_eq!(cfg.brokers["mem"].kind(), "memory");
+    assert_eq!(
+        r.source.describe(),
+        "k/orders",
+        "subject is a synonym of topic"
+    );
+    assert_eq!(r.output.as_ref().unwrap().describe(), "mq/x/rk");
+    assert_eq!(r.dead_letter.as_ref().unwrap().describe(), "mem/dlq");
+    assert!(r
+        .source
+        .get::<mqfn::brokers::kafka::KafkaSource>()
+        .is_some());
+    let err = load("[brokers.x]\nkind = \"redis\"\n").unwrap_err();
+    assert!(err.contains("brokers.x.kind: unknown broker kind \"redis\"; expected one of nats, kafka, amqp, memory"), "{err}");
 }

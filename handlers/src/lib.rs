@@ -14,7 +14,7 @@ mod message;
 pub mod registry;
 
 pub use error::HandlerError;
-pub use message::{Headers, Message, Output, SourceMeta};
+pub use message::{Headers, Message, Output, Position};
 
 use async_trait::async_trait;
 

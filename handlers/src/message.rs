@@ -71,37 +71,91 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     }
 }
 
-/// Where a message came from, in the broker's own terms.
+/// Where a message sits on its broker, in the broker's own terms.
+///
+/// Each broker kind builds it; handlers and mqfn's core treat it as opaque.
+/// It prints as the broker shows it (`42` for a stream sequence, `3/1017`
+/// for a partition and offset, `7` for a delivery tag). Where the broker
+/// gives the same message the same position on every delivery, the position
+/// is also a stable identity (its scope, such as the stream, and the shown
+/// part), which deduplication ids are built from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum SourceMeta {
-    /// No broker: `mqfn call` and unit tests.
-    #[default]
-    Local,
-    /// Core NATS (at-most-once).
-    Nats,
-    /// A JetStream stream message.
-    JetStream {
-        /// The stream name.
-        stream: String,
-        /// The stream sequence.
-        sequence: u64,
-    },
-    /// A Kafka record.
-    Kafka {
-        /// The partition.
-        partition: i32,
-        /// The offset within the partition.
-        offset: i64,
-    },
-    /// An AMQP delivery.
-    Amqp {
-        /// The channel-scoped delivery tag.
-        delivery_tag: u64,
-        /// The exchange it was published to.
-        exchange: String,
-        /// Its routing key.
-        routing_key: String,
-    },
+pub struct Position {
+    /// `scope:shown`, or `shown` alone.
+    text: String,
+    /// Where the shown part starts in `text`.
+    shown: usize,
+    /// Whether every delivery of this message carries the same position.
+    stable: bool,
+    /// The sub-stream within which the broker keeps order (a Kafka
+    /// partition), for `ordering = "partition"`.
+    partition: Option<i32>,
+}
+
+impl Position {
+    /// A position that every delivery of the message shares: `at` within
+    /// `scope` (a stream name, a topic; empty when the source address is
+    /// scope enough).
+    pub fn stable(scope: &str, at: &str) -> Self {
+        let mut text = String::with_capacity(scope.len() + at.len() + 1);
+        if !scope.is_empty() {
+            text.push_str(scope);
+            text.push(':');
+        }
+        let shown = text.len();
+        text.push_str(at);
+        Self {
+            text,
+            shown,
+            stable: true,
+            partition: None,
+        }
+    }
+
+    /// A position that only names this delivery (an AMQP delivery tag,
+    /// scoped to its channel): printable, but no identity.
+    pub fn transient(at: impl Into<String>) -> Self {
+        Self {
+            text: at.into(),
+            shown: 0,
+            stable: false,
+            partition: None,
+        }
+    }
+
+    /// The same position, inside `partition`.
+    pub fn in_partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// The position as the broker shows it; empty when it has none (core
+    /// NATS, `mqfn call`).
+    pub fn as_str(&self) -> &str {
+        &self.text[self.shown..]
+    }
+
+    /// An identity shared by every delivery of this message, when the
+    /// broker has one.
+    pub fn identity(&self) -> Option<&str> {
+        (self.stable && !self.text.is_empty()).then_some(self.text.as_str())
+    }
+
+    /// The partition, where the broker keeps order per partition.
+    pub fn partition(&self) -> Option<i32> {
+        self.partition
+    }
+
+    /// Whether the broker gave no position at all.
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One message, as a handler sees it.
@@ -117,8 +171,8 @@ pub struct Message {
     pub subject: String,
     /// The route that delivered it.
     pub route: String,
-    /// Broker position metadata.
-    pub meta: SourceMeta,
+    /// Where the message sits on its broker (printable; opaque).
+    pub position: Position,
     /// The delivery attempt, starting at 1.
     pub attempt: u32,
     /// The W3C `traceparent`, when the producer sent one.
@@ -167,5 +221,26 @@ impl Output {
             payload: payload.into(),
             ..Self::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_print_their_shown_part_and_keep_their_scope_for_identity() {
+        let p = Position::stable("ORDERS", "42");
+        assert_eq!(p.to_string(), "42");
+        assert_eq!(p.identity(), Some("ORDERS:42"));
+        let p = Position::stable("", "3/17").in_partition(3);
+        assert_eq!(
+            (p.as_str(), p.identity(), p.partition()),
+            ("3/17", Some("3/17"), Some(3))
+        );
+        let t = Position::transient("7");
+        assert_eq!((t.as_str(), t.identity()), ("7", None));
+        assert!(Position::default().is_empty());
+        assert_eq!(Position::default().identity(), None);
     }
 }

@@ -1,10 +1,18 @@
-//! Broker connections. One folder per broker, each with the same shape:
-//! `mod.rs` (connection), `source.rs` (consuming), `sink.rs` (publishing).
-//! Adding a broker means one folder and one arm in [`connect`].
+//! Broker kinds and the contract they implement.
+//!
+//! Each kind lives in one folder with the same shape: `config.rs` (its typed
+//! connection and endpoint keys, their validation, and its [`Kind`]),
+//! `mod.rs` (the connection, [`Broker`]), `source.rs` (consuming) and
+//! `sink.rs` (publishing). The core (config, routes, pools, handlers, CLI,
+//! telemetry) sees only the traits of this module. [`KINDS`] is the one
+//! place that names the kinds: adding a broker means one folder and one line
+//! there.
 
 pub mod amqp;
 pub mod kafka;
+pub mod memory;
 pub mod nats;
+mod spec;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +21,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use crate::config::{BrokerConfig, BrokerKind, Endpoint, RouteConfig};
+pub use spec::{
+    kind, kind_names, typed, BrokerSpec, EndpointSpec, Guarantee, KeyError, Kind, Role,
+};
+
+use crate::config::{BrokerConfig, Endpoint, RouteConfig};
 use crate::message::{Delivery, Headers, Message};
+
+/// Every broker kind, one line each.
+pub static KINDS: &[&dyn Kind] = &[&nats::KIND, &kafka::KIND, &amqp::KIND, &memory::KIND];
 
 /// A broker failure, sorted by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -144,8 +159,8 @@ pub trait Source: Send {
 pub trait Broker: Send + Sync {
     /// The config name.
     fn name(&self) -> &str;
-    /// The kind.
-    fn kind(&self) -> BrokerKind;
+    /// The kind, as in config and labels (`nats`, `kafka`, ...).
+    fn kind(&self) -> &'static str;
     /// Whether the connection is up.
     fn is_up(&self) -> bool;
     /// Creates or binds the topology for `route` and subscribes to its
@@ -177,14 +192,24 @@ pub trait Broker: Send + Sync {
     /// Flushes pending publishes and acks, then disconnects.
     async fn close(&self);
 
+    /// The error for an endpoint that another kind parsed (a bug: the
+    /// config resolves each endpoint with its own broker's kind).
+    fn not_mine(&self, at: &Endpoint) -> BrokerError {
+        BrokerError::Setup {
+            broker: self.name().to_owned(),
+            message: format!(
+                "endpoint {} was not parsed as a {} endpoint",
+                at.describe(),
+                self.kind()
+            ),
+        }
+    }
+
     /// The error for an operation this broker does not offer.
     fn unsupported(&self, what: &str) -> BrokerError {
         BrokerError::Unsupported {
             broker: self.name().to_owned(),
-            message: format!(
-                "{what} is not supported on {} brokers",
-                self.kind().as_str()
-            ),
+            message: format!("{what} is not supported on {} brokers", self.kind()),
         }
     }
 }
@@ -197,11 +222,7 @@ pub async fn connect(
     cfg: &BrokerConfig,
     wait: bool,
 ) -> Result<Arc<dyn Broker>, BrokerError> {
-    Ok(match cfg {
-        BrokerConfig::Nats(c) => Arc::new(nats::NatsBroker::connect(name, c, wait).await?),
-        BrokerConfig::Kafka(c) => Arc::new(kafka::KafkaBroker::connect(name, c, wait).await?),
-        BrokerConfig::Amqp(c) => Arc::new(amqp::AmqpBroker::connect(name, c, wait).await?),
-    })
+    cfg.spec().connect(name, wait).await
 }
 
 /// Backoff for reconnect and setup loops: 100ms doubling to 10s.

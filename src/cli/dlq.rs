@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use crate::brokers::{self, BrokerError, OutMessage};
 use crate::config::{Config, RouteConfig};
-use crate::message::{Headers, Message, SourceMeta};
+use crate::message::{Headers, Message};
 
 /// Arguments of `mqfn dlq`.
 #[derive(Debug, Args)]
@@ -197,17 +197,20 @@ fn fresh(m: &Message) -> OutMessage {
         headers,
         key: m.key.clone(),
         correlation_id: m.correlation_id.clone(),
-        dedup_id: Some(format!("mqfn-redrive:{}", position(m))),
+        // Only a stable position identifies the dead letter itself; a
+        // delivery tag restarts on every channel.
+        dedup_id: m
+            .position
+            .identity()
+            .map(|id| format!("mqfn-redrive:{}:{id}", m.subject)),
         ..OutMessage::default()
     }
 }
 
 fn position(m: &Message) -> String {
-    match &m.meta {
-        SourceMeta::JetStream { stream, sequence } => format!("{stream}:{sequence}"),
-        SourceMeta::Kafka { partition, offset } => format!("{}:{partition}:{offset}", m.subject),
-        SourceMeta::Amqp { delivery_tag, .. } => format!("{}:{delivery_tag}", m.subject),
-        SourceMeta::Nats | SourceMeta::Local => m.subject.clone(),
+    match m.position.is_empty() {
+        true => m.subject.clone(),
+        false => format!("{}/{}", m.subject, m.position),
     }
 }
 

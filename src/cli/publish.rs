@@ -6,7 +6,7 @@ use clap::Args;
 use futures::StreamExt;
 
 use super::MessageArgs;
-use crate::brokers::{self, OutMessage};
+use crate::brokers::{self, OutMessage, Role};
 use crate::config::{Config, Endpoint};
 
 /// Arguments of `mqfn publish`.
@@ -47,17 +47,25 @@ pub async fn run(cfg: &Config, args: &PublishArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let publisher = broker.publisher();
-    let (to, routing_key) = match &args.exchange {
-        Some(_) => (None, Some(args.to.clone())),
-        None => (Some(args.to.clone()), None),
-    };
-    let at = Endpoint {
-        broker: args.broker.clone(),
-        subject: to,
-        exchange: args.exchange.clone(),
-        routing_key,
-        ..Endpoint::default()
-    };
+    let mut keys = toml::Table::new();
+    match &args.exchange {
+        Some(x) => {
+            keys.insert("exchange".into(), x.clone().into());
+            keys.insert("routing_key".into(), args.to.clone().into());
+        }
+        None => {
+            keys.insert("subject".into(), args.to.clone().into());
+        }
+    }
+    let at = Endpoint::parse(&args.broker, bcfg, Role::Target, keys).map_err(|e| {
+        format!(
+            "--to/--exchange: {} ({}; broker {:?} is {})",
+            e.message,
+            e.key,
+            args.broker,
+            bcfg.kind()
+        )
+    })?;
     let template = OutMessage {
         payload,
         headers: args.msg.header_set(),

@@ -4,13 +4,16 @@
 //! the key path:
 //! 1. parse the TOML,
 //! 2. expand `${VAR}` and `${VAR:-default}` in every string ([`env`]),
-//! 3. deserialize into typed structs (unknown keys are errors), then check
-//!    the rules that span fields ([`validate`]).
+//! 3. deserialize into typed structs (unknown keys are errors), hand each
+//!    broker and endpoint table to its broker kind ([`resolve`]), then
+//!    check the rules that span fields ([`validate`]).
 
 mod broker;
+pub mod checks;
 mod env;
 mod error;
 mod handler;
+mod resolve;
 mod route;
 mod validate;
 
@@ -21,13 +24,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use broker::{
-    AmqpBinding, AmqpConfig, AmqpExchange, AmqpQueue, BrokerConfig, BrokerKind, KafkaConfig,
-    NatsConfig, NatsStream,
-};
+pub use broker::BrokerConfig;
 pub use error::{ConfigError, ConfigErrors};
 pub use handler::{BuiltinConfig, HandlerConfig, HttpConfig, ProcessConfig, DEFAULT_PROCESS_ENV};
-pub use route::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig, TopicCreate, WorkersConfig};
+pub use route::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig, WorkersConfig};
 
 /// The default config locations, tried in order when `--config` is absent.
 pub const DEFAULT_PATHS: &[&str] = &["mqfn.toml", "config/mqfn.toml"];
@@ -91,7 +91,7 @@ fn default_shutdown_timeout() -> Duration {
 
 /// The deserializer's message, first line only, with a hint where the
 /// expected form is not obvious.
-fn describe_serde_error(raw: &str) -> String {
+pub(crate) fn describe_serde_error(raw: &str) -> String {
     let first = raw.lines().next().unwrap_or(raw).trim().to_owned();
     if first.contains("expected a duration") {
         format!("{first}: write it like \"250ms\", \"30s\" or \"5m\"")
@@ -156,7 +156,14 @@ impl Config {
             ConfigErrors::one(at(key, describe_serde_error(&e.into_inner().to_string())))
         })?;
         cfg.file = file.to_owned();
-        validate::validate(&cfg)?;
+        // Both steps report everything they find, in one list.
+        let mut errors = resolve::resolve(&mut cfg);
+        if let Err(more) = validate::validate(&cfg) {
+            errors.extend(more.0);
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
         Ok(cfg)
     }
 

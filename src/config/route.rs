@@ -1,7 +1,12 @@
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+use super::resolve::Unresolved;
+use super::BrokerConfig;
+use crate::brokers::{EndpointSpec, KeyError, Role};
 
 /// A route: one source, one handler, and where results and failures go.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -43,110 +48,103 @@ pub struct RouteConfig {
     pub max_message_bytes: Option<usize>,
 }
 
-/// A broker address: the broker's name plus where on it.
+/// A broker address: the broker's name plus where on it, in the keys of
+/// the broker's kind (`src/brokers/<kind>/config.rs`).
 ///
-/// `subject`, `topic` and `queue` are synonyms (give exactly one), so that a
-/// route moves between brokers by changing `broker` alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Every kind takes `subject`, `topic` and `queue` as synonyms for its
+/// address, so that a route moves between brokers by changing `broker`
+/// alone.
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     /// The broker's name under `[brokers]`.
     pub broker: String,
-    /// NATS subject.
-    #[serde(default)]
-    pub subject: Option<String>,
-    /// Kafka topic.
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// AMQP queue (published to through the default exchange).
-    #[serde(default)]
-    pub queue: Option<String>,
-    /// AMQP exchange to publish to (with `routing_key`).
-    #[serde(default)]
-    pub exchange: Option<String>,
-    /// AMQP routing key.
-    #[serde(default)]
-    pub routing_key: Option<String>,
-    /// JetStream: the stream; makes a NATS source a durable pull consumer.
-    #[serde(default)]
-    pub stream: Option<String>,
-    /// JetStream: the durable consumer name (default: the route name).
-    #[serde(default)]
-    pub durable: Option<String>,
-    /// JetStream: how long the server waits for an ack before redelivery.
-    #[serde(default, with = "humantime_serde")]
-    pub ack_wait: Option<Duration>,
-    /// JetStream: deliveries before the server gives up (-1: unlimited).
-    #[serde(default)]
-    pub max_deliver: Option<i64>,
-    /// JetStream: unacknowledged messages the server allows in flight.
-    #[serde(default)]
-    pub max_ack_pending: Option<i64>,
-    /// Core NATS: the queue group (default: the route name).
-    #[serde(default)]
-    pub queue_group: Option<String>,
-    /// Kafka: the consumer group (default: `mqfn-` + route name).
-    #[serde(default)]
-    pub group: Option<String>,
-    /// Kafka: `earliest` (default) or `latest`.
-    #[serde(default)]
-    pub auto_offset_reset: Option<String>,
-    /// Kafka: create the topic at start when missing.
-    #[serde(default)]
-    pub create: Option<TopicCreate>,
-    /// NATS output or dead letter: whether results of JetStream inputs
-    /// carry a `Nats-Msg-Id` (default true; see [`Endpoint::dedup`]).
-    #[serde(default)]
-    pub dedup: Option<bool>,
+    spec: Arc<dyn EndpointSpec>,
 }
 
 impl Endpoint {
-    /// The address on the broker: the subject, topic or queue.
-    pub fn address(&self) -> Option<&str> {
-        self.subject
-            .as_deref()
-            .or(self.topic.as_deref())
-            .or(self.queue.as_deref())
+    /// An endpoint of `broker` with its kind's typed keys.
+    pub fn new(broker: impl Into<String>, spec: Arc<dyn EndpointSpec>) -> Self {
+        Self {
+            broker: broker.into(),
+            spec,
+        }
     }
 
-    /// Whether publishes here carry a deduplication id (`Nats-Msg-Id` on
-    /// NATS, from the input's stream position). On unless `dedup = false`.
-    pub fn dedup(&self) -> bool {
-        self.dedup != Some(false)
+    /// Parses `keys` (without `broker`) as an endpoint of `broker`, whose
+    /// config is `cfg`.
+    pub fn parse(
+        broker: &str,
+        cfg: &BrokerConfig,
+        role: Role,
+        keys: toml::Table,
+    ) -> Result<Self, KeyError> {
+        Ok(Self::new(broker, cfg.endpoint(role, keys)?))
+    }
+
+    /// An endpoint at `address` alone (`subject`: every kind takes it).
+    pub fn at(broker: &str, cfg: &BrokerConfig, address: &str) -> Result<Self, KeyError> {
+        let mut keys = toml::Table::new();
+        keys.insert("subject".into(), address.into());
+        Self::parse(broker, cfg, Role::Target, keys)
+    }
+
+    /// Hands the raw keys to the broker's kind.
+    pub(super) fn resolve(&mut self, cfg: &BrokerConfig, role: Role) -> Result<(), KeyError> {
+        if let Some(raw) = self.spec.as_any().downcast_ref::<Unresolved>() {
+            self.spec = cfg.endpoint(role, raw.keys.clone())?;
+        }
+        Ok(())
+    }
+
+    /// The kind's typed keys.
+    pub fn spec(&self) -> &dyn EndpointSpec {
+        self.spec.as_ref()
+    }
+
+    /// The typed keys of kind `T`, for the kind's own code.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.spec.as_any().downcast_ref()
+    }
+
+    /// The place on the broker: the subject, topic or queue, or
+    /// `exchange/routing-key`.
+    pub fn address(&self) -> String {
+        self.spec.address()
     }
 
     /// `broker/address`, as logs and `mqfn-source` show it.
     pub fn describe(&self) -> String {
-        let addr = match (&self.exchange, self.address()) {
-            (Some(x), _) => format!("{x}/{}", self.routing_key.as_deref().unwrap_or("")),
-            (None, Some(a)) => a.to_owned(),
-            (None, None) => String::new(),
-        };
-        format!("{}/{}", self.broker, addr)
+        format!("{}/{}", self.broker, self.spec.address())
     }
 
     /// Whether two endpoints name the same place on the same broker.
     pub fn same_place(&self, other: &Endpoint) -> bool {
-        self.broker == other.broker
-            && self.address() == other.address()
-            && self.exchange == other.exchange
-            && self.routing_key == other.routing_key
+        self.broker == other.broker && self.spec.address() == other.spec.address()
     }
 }
 
-/// Kafka topic creation.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopicCreate {
-    /// Partitions of the new topic.
-    pub partitions: i32,
-    /// Replication factor (default 1).
-    #[serde(default = "one")]
-    pub replication: i32,
+/// Nowhere: no broker, no address (`mqfn call`, which needs no source).
+impl Default for Endpoint {
+    fn default() -> Self {
+        Self::new("", Arc::new(Unresolved::new(toml::Table::new())))
+    }
 }
 
-fn one() -> i32 {
-    1
+/// Reads `broker` and keeps the other keys for the broker's kind, which
+/// [`super::resolve`] hands them to.
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut keys = toml::Table::deserialize(d)?;
+        let broker = match keys.remove("broker") {
+            Some(toml::Value::String(b)) => b,
+            Some(_) => return Err(serde::de::Error::custom("broker: expected a string")),
+            None => return Err(serde::de::Error::missing_field("broker")),
+        };
+        Ok(Self {
+            broker,
+            spec: Arc::new(Unresolved::new(keys)),
+        })
+    }
 }
 
 /// Worker pool bounds and autoscaling.

@@ -5,10 +5,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{
-    BrokerConfig, BrokerKind, Config, ConfigError, ConfigErrors, Endpoint, HandlerConfig,
-    HttpConfig, ProcessConfig,
-};
+use super::{checks, Config, ConfigError, ConfigErrors, HandlerConfig, HttpConfig, ProcessConfig};
+use crate::brokers::Guarantee;
 
 /// Checks `cfg`; returns every problem found, not just the first.
 pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
@@ -53,171 +51,12 @@ impl Validator<'_> {
 
     fn brokers(&mut self) {
         for (name, b) in &self.cfg.brokers {
-            let key = format!("brokers.{name}");
-            match b {
-                BrokerConfig::Nats(n) => {
-                    for (field, path) in [
-                        ("credentials_file", &n.credentials_file),
-                        ("nkey_file", &n.nkey_file),
-                        ("tls_ca_file", &n.tls_ca_file),
-                        ("tls_cert_file", &n.tls_cert_file),
-                        ("tls_key_file", &n.tls_key_file),
-                    ] {
-                        self.readable(&format!("{key}.{field}"), path.as_deref());
-                    }
-                    if n.tls_cert_file.is_some() != n.tls_key_file.is_some() {
-                        self.err(
-                            format!("{key}.tls_cert_file"),
-                            "tls_cert_file and tls_key_file go together: give both for mutual TLS, or neither",
-                        );
-                    }
-                    if n.credentials_file.is_some() && n.nkey_file.is_some() {
-                        self.err(
-                            format!("{key}.nkey_file"),
-                            "give credentials_file or nkey_file, not both (a .creds file already holds the nkey)",
-                        );
-                    }
-                    for (i, u) in n.url.split(',').enumerate() {
-                        self.url(
-                            &format!("{key}.url"),
-                            u.trim(),
-                            &["nats", "tls", "ws", "wss"],
-                            i,
-                        );
-                    }
-                    for (i, s) in n.streams.iter().enumerate() {
-                        if !matches!(s.storage.as_str(), "file" | "memory") {
-                            self.err(
-                                format!("{key}.streams[{i}].storage"),
-                                format!(
-                                    "{:?} is not a storage type; expected \"file\" or \"memory\"",
-                                    s.storage
-                                ),
-                            );
-                        }
-                        if s.subjects.is_empty() {
-                            self.err(
-                                format!("{key}.streams[{i}].subjects"),
-                                "a stream needs at least one subject",
-                            );
-                        }
-                    }
-                }
-                BrokerConfig::Kafka(k) => {
-                    for hp in k.bootstrap.split(',') {
-                        let hp = hp.trim();
-                        let ok = hp
-                            .rsplit_once(':')
-                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-                        if !ok {
-                            self.err(
-                                format!("{key}.bootstrap"),
-                                format!(
-                                    "{hp:?} is not host:port; expected e.g. \"127.0.0.1:9092\""
-                                ),
-                            );
-                        }
-                    }
-                    self.kafka_properties(&key, k);
-                    if k.partition_window == 0 {
-                        self.err(format!("{key}.partition_window"), "must be at least 1");
-                    }
-                }
-                BrokerConfig::Amqp(a) => {
-                    self.url(&format!("{key}.url"), &a.url, &["amqp", "amqps"], 0);
-                    for (i, q) in a.queues.iter().enumerate() {
-                        if !matches!(q.queue_type.as_str(), "classic" | "quorum") {
-                            self.err(
-                                format!("{key}.queues[{i}].queue_type"),
-                                format!(
-                                    "{:?} is not a queue type; expected \"classic\" or \"quorum\"",
-                                    q.queue_type
-                                ),
-                            );
-                        }
-                        if q.queue_type == "quorum" && !q.durable && !q.passive {
-                            self.err(
-                                format!("{key}.queues[{i}].durable"),
-                                "a quorum queue is always durable; remove durable = false",
-                            );
-                        }
-                        for (name, v) in &q.arguments {
-                            if !matches!(
-                                v,
-                                toml::Value::String(_)
-                                    | toml::Value::Integer(_)
-                                    | toml::Value::Float(_)
-                                    | toml::Value::Boolean(_)
-                            ) {
-                                self.err(
-                                    format!("{key}.queues[{i}].arguments.{name}"),
-                                    format!(
-                                        "is a {}; expected a string, integer, float or boolean",
-                                        v.type_str()
-                                    ),
-                                );
-                            }
-                        }
-                    }
-                    for (i, x) in a.exchanges.iter().enumerate() {
-                        if !matches!(x.kind.as_str(), "direct" | "topic" | "fanout" | "headers") {
-                            self.err(
-                                format!("{key}.exchanges[{i}].type"),
-                                format!("{:?} is not an exchange type; expected direct, topic, fanout or headers", x.kind),
-                            );
-                        }
-                    }
-                }
+            for e in b.spec().validate() {
+                self.err(
+                    super::resolve::join(&format!("brokers.{name}"), &e.key),
+                    e.message,
+                );
             }
-        }
-    }
-
-    /// Lets librdkafka judge the pass-through properties (names and values),
-    /// so that a typo fails `validate`, not the first connection.
-    fn kafka_properties(&mut self, key: &str, k: &super::KafkaConfig) {
-        let mut c = rdkafka::ClientConfig::new();
-        c.set("bootstrap.servers", &k.bootstrap);
-        for (name, value) in &k.properties {
-            c.set(name, value);
-        }
-        // Sets every property on a native librdkafka config (no client, no
-        // threads, no connection): unknown names and bad values fail here.
-        if let Err(e) = c.create_native_config() {
-            self.err(
-                format!("{key}.properties"),
-                format!("librdkafka refuses these properties: {e}; see https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md"),
-            );
-        }
-    }
-
-    /// Checks that a configured file can be read.
-    fn readable(&mut self, key: &str, path: Option<&str>) {
-        if let Some(p) = path {
-            if let Err(e) = std::fs::File::open(p) {
-                self.err(key, format!("cannot read {p:?}: {e}; check the path (relative paths start at the working directory)"));
-            }
-        }
-    }
-
-    fn url(&mut self, key: &str, raw: &str, schemes: &[&str], _index: usize) {
-        match url::Url::parse(raw) {
-            Ok(u) if schemes.contains(&u.scheme()) && u.host_str().is_some() => {}
-            Ok(u) if !schemes.contains(&u.scheme()) => self.err(
-                key,
-                format!(
-                    "scheme {:?} is not supported here; expected one of {}",
-                    u.scheme(),
-                    schemes.join(", ")
-                ),
-            ),
-            _ => self.err(
-                key,
-                format!(
-                    "{:?} is not a valid URL; expected e.g. \"{}://host:port\"",
-                    crate::telemetry::redact_url(raw),
-                    schemes[0]
-                ),
-            ),
         }
     }
 
@@ -264,7 +103,9 @@ impl Validator<'_> {
     }
 
     fn http_handler(&mut self, key: &str, h: &HttpConfig) {
-        self.url(&format!("{key}.url"), &h.url, &["http", "https"], 0);
+        if let Some(e) = checks::url(&h.url, &["http", "https"]) {
+            self.err(format!("{key}.url"), e);
+        }
         for name in h.headers.keys() {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 self.err(
@@ -339,36 +180,24 @@ impl Validator<'_> {
                     ),
                 );
             }
-            let src_kind = self.endpoint(&format!("{key}.source"), &r.source, true);
-            if let Some(o) = &r.output {
-                self.endpoint(&format!("{key}.output"), o, false);
-            }
-            match &r.dead_letter {
-                Some(d) => {
-                    self.endpoint(&format!("{key}.dead_letter"), d, false);
-                    if d.same_place(&r.source) {
-                        self.err(
-                            format!("{key}.dead_letter"),
-                            format!(
-                                "the dead letter {} is the route's own source: failed messages would loop forever; \
-                                 use another subject, topic or queue (e.g. \"{}.dlq\")",
-                                d.describe(),
-                                r.source.address().unwrap_or("source")
-                            ),
-                        );
-                    }
+            if let Some(d) = &r.dead_letter {
+                if d.same_place(&r.source) {
+                    self.err(
+                        format!("{key}.dead_letter"),
+                        format!(
+                            "the dead letter {} is the route's own source: failed messages would loop forever; \
+                             use another subject, topic or queue (e.g. \"{}.dlq\")",
+                            d.describe(),
+                            r.source.address()
+                        ),
+                    );
                 }
-                None => {
-                    let at_most_once =
-                        src_kind == Some(BrokerKind::Nats) && r.source.stream.is_none();
-                    if !at_most_once && src_kind.is_some() {
-                        self.err(
-                            format!("{key}.dead_letter"),
-                            "missing: a message that fails for good needs somewhere to go, or it would be lost; \
-                             add e.g. dead_letter = { broker = \"...\", subject = \"...dlq\" }",
-                        );
-                    }
-                }
+            } else if r.source.spec().guarantee() == Guarantee::AtLeastOnce {
+                self.err(
+                    format!("{key}.dead_letter"),
+                    "missing: a message that fails for good needs somewhere to go, or it would be lost; \
+                     add e.g. dead_letter = { broker = \"...\", subject = \"...dlq\" }",
+                );
             }
             self.workers_and_retry(&key, r);
         }
@@ -420,102 +249,6 @@ impl Validator<'_> {
         if r.timeout.is_some_and(|t| t.is_zero()) {
             self.err(format!("{key}.timeout"), "must be longer than 0s");
         }
-        if let (Some(md), true) = (r.source.max_deliver, r.source.stream.is_some()) {
-            if md != -1 && md < 1 {
-                self.err(
-                    format!("{key}.source.max_deliver"),
-                    format!("{md} is invalid; use -1 (unlimited) or a positive number"),
-                );
-            }
-        }
-    }
-
-    /// Checks one endpoint; returns its broker's kind when the broker exists.
-    fn endpoint(&mut self, key: &str, ep: &Endpoint, is_source: bool) -> Option<BrokerKind> {
-        let Some(broker) = self.cfg.brokers.get(&ep.broker) else {
-            let known: Vec<_> = self.cfg.brokers.keys().cloned().collect();
-            self.err(
-                format!("{key}.broker"),
-                format!(
-                    "unknown broker {:?} (known: {})",
-                    ep.broker,
-                    if known.is_empty() {
-                        "none; add a [brokers.NAME] table".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
-            return None;
-        };
-        let kind = broker.kind();
-        let given = [&ep.subject, &ep.topic, &ep.queue]
-            .iter()
-            .filter(|a| a.is_some())
-            .count();
-        let exchange_ok = kind == BrokerKind::Amqp && !is_source && ep.exchange.is_some();
-        if given > 1 {
-            self.err(
-                key,
-                "give one of subject, topic or queue, not several (they are synonyms)",
-            );
-        } else if given == 0 && !exchange_ok {
-            self.err(key, "missing the address: give subject, topic or queue");
-        }
-        if ep.address().is_some_and(str::is_empty) {
-            self.err(key, "the subject, topic or queue is empty");
-        }
-        let only = |given: bool, name: &str, wanted: BrokerKind, this: &mut Self| {
-            if given && kind != wanted {
-                this.err(
-                    format!("{key}.{name}"),
-                    format!(
-                        "{name} applies to {} brokers, but broker {:?} is {}",
-                        wanted.as_str(),
-                        ep.broker,
-                        kind.as_str()
-                    ),
-                );
-            }
-        };
-        only(ep.stream.is_some(), "stream", BrokerKind::Nats, self);
-        only(ep.durable.is_some(), "durable", BrokerKind::Nats, self);
-        only(
-            ep.queue_group.is_some(),
-            "queue_group",
-            BrokerKind::Nats,
-            self,
-        );
-        only(ep.group.is_some(), "group", BrokerKind::Kafka, self);
-        only(ep.create.is_some(), "create", BrokerKind::Kafka, self);
-        only(ep.exchange.is_some(), "exchange", BrokerKind::Amqp, self);
-        only(ep.dedup.is_some(), "dedup", BrokerKind::Nats, self);
-        if is_source && ep.dedup.is_some() {
-            self.err(
-                format!("{key}.dedup"),
-                "dedup applies to what mqfn publishes: set it on output or dead_letter",
-            );
-        }
-        if let Some(c) = &ep.create {
-            if c.partitions < 1 {
-                self.err(format!("{key}.create.partitions"), "must be at least 1");
-            }
-            if c.replication < 1 {
-                self.err(format!("{key}.create.replication"), "must be at least 1");
-            }
-        }
-        if let Some(r) = &ep.auto_offset_reset {
-            if !matches!(r.as_str(), "earliest" | "latest") {
-                self.err(
-                    format!("{key}.auto_offset_reset"),
-                    format!("{r:?} is invalid; expected \"earliest\" or \"latest\""),
-                );
-            }
-        }
-        if is_source && kind == BrokerKind::Amqp && ep.exchange.is_some() {
-            self.err(format!("{key}.exchange"), "a source consumes a queue: give queue, and bind it under [[brokers.NAME.bindings]]");
-        }
-        Some(kind)
     }
 }
 

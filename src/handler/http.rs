@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use mqfn_handlers::{Handler, HandlerError, Headers, Message, Output, SourceMeta};
+use mqfn_handlers::{Handler, HandlerError, Headers, Message, Output};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use tracing::debug;
@@ -158,10 +158,9 @@ impl HttpHandler {
 /// The CloudEvents id: the broker position where there is one, so that a
 /// retry or redelivery of the same message carries the same id.
 fn event_id(msg: &Message) -> String {
-    match &msg.meta {
-        SourceMeta::JetStream { stream, sequence } => format!("{stream}-{sequence}"),
-        SourceMeta::Kafka { partition, offset } => format!("{}-{partition}-{offset}", msg.subject),
-        _ => msg
+    match msg.position.identity() {
+        Some(id) => format!("{}-{id}", msg.subject),
+        None => msg
             .correlation_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
@@ -350,15 +349,12 @@ mod tests {
         let mut msg = Message::new("x");
         msg.route = "r".into();
         msg.subject = "s.in".into();
-        msg.meta = SourceMeta::JetStream {
-            stream: "S".into(),
-            sequence: 9,
-        };
+        msg.position = mqfn_handlers::Position::stable("S", "9");
         msg.headers.append("content-type", "text/plain");
         msg.headers.append("Connection", "close");
         let got = h.headers(&msg);
         assert_eq!(got["ce-specversion"], "1.0");
-        assert_eq!(got["ce-id"], "S-9");
+        assert_eq!(got["ce-id"], "s.in-S:9");
         assert_eq!(got["ce-source"], "/mqfn/routes/r");
         assert_eq!(got["ce-type"], "io.mqfn.message");
         assert_eq!(got["ce-subject"], "s.in");

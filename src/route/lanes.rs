@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use crate::config::Ordering;
-use crate::message::{Message, SourceMeta};
+use crate::message::Message;
 
 /// Which lane a message belongs to, or `None` when it may run at any time.
 pub fn lane_of(ordering: Ordering, msg: &Message) -> Option<String> {
@@ -16,9 +16,9 @@ pub fn lane_of(ordering: Ordering, msg: &Message) -> Option<String> {
             .key
             .as_ref()
             .map(|k| String::from_utf8_lossy(k).into_owned()),
-        Ordering::Partition => Some(match &msg.meta {
-            SourceMeta::Kafka { partition, .. } => format!("{}#{partition}", msg.subject),
-            _ => msg.subject.clone(),
+        Ordering::Partition => Some(match msg.position.partition() {
+            Some(partition) => format!("{}#{partition}", msg.subject),
+            None => msg.subject.clone(),
         }),
     }
 }
@@ -101,15 +101,13 @@ mod tests {
 
     #[test]
     fn keys_and_partitions_pick_lanes() {
+        use crate::message::Position;
         let mut m = Message::new("x");
         assert_eq!(lane_of(Ordering::Key, &m), None);
         m.key = Some("k1".into());
         assert_eq!(lane_of(Ordering::Key, &m).as_deref(), Some("k1"));
         m.subject = "t".into();
-        m.meta = SourceMeta::Kafka {
-            partition: 3,
-            offset: 9,
-        };
+        m.position = Position::stable("", "3/9").in_partition(3);
         assert_eq!(lane_of(Ordering::Partition, &m).as_deref(), Some("t#3"));
         assert_eq!(lane_of(Ordering::None, &m), None);
     }

@@ -101,7 +101,7 @@ pub fn snapshot(app: &AppState) -> Status {
             .values()
             .map(|b| BrokerStatus {
                 name: b.name().to_owned(),
-                kind: b.kind().as_str().to_owned(),
+                kind: b.kind().to_owned(),
                 up: b.is_up(),
             })
             .collect(),

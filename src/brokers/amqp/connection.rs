@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::topology;
+use super::AmqpConfig;
 use crate::brokers::{reconnect_delay, BrokerError};
-use crate::config::AmqpConfig;
 use crate::telemetry::{names, redact_url};
 
 /// How long one connection attempt may take.

@@ -14,7 +14,7 @@ use lapin::BasicProperties;
 
 use crate::brokers::OutMessage;
 use crate::message::{
-    Headers, Message, SourceMeta, CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER, TRACEPARENT_HEADER,
+    Headers, Message, Position, CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER, TRACEPARENT_HEADER,
 };
 
 /// Our delivery count on classic queues, which have none of their own.
@@ -154,11 +154,7 @@ pub(super) fn message(d: &lapin::message::Delivery, queue: &str, route: &str) ->
             .or_else(|| headers.get(REPLY_HEADER).map(str::to_owned)),
         subject: queue.to_owned(),
         route: route.to_owned(),
-        meta: SourceMeta::Amqp {
-            delivery_tag: d.delivery_tag,
-            exchange: d.exchange.as_str().to_owned(),
-            routing_key: d.routing_key.as_str().to_owned(),
-        },
+        position: Position::transient(itoa::Buffer::new().format(d.delivery_tag)),
         attempt: 1,
         headers,
         ..Message::default()

@@ -8,6 +8,7 @@
 //! deadpool (see [`sink`]), so that flow control on publishes never holds up
 //! acks.
 
+pub mod config;
 mod connection;
 mod dlq;
 mod headers;
@@ -27,8 +28,10 @@ use lapin::types::FieldTable;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, Publisher, Source};
-use crate::config::{AmqpConfig, BrokerKind, Endpoint, RouteConfig};
+use super::{Broker, BrokerError, Kind as _, Publisher, Source};
+pub use config::{AmqpBinding, AmqpConfig, AmqpExchange, AmqpQueue, AmqpSource, AmqpTarget, KIND};
+
+use crate::config::{Endpoint, RouteConfig};
 use crate::message::Message;
 use connection::{supervise, Link};
 use headers::short;
@@ -140,8 +143,8 @@ impl Broker for AmqpBroker {
         &self.name
     }
 
-    fn kind(&self) -> BrokerKind {
-        BrokerKind::Amqp
+    fn kind(&self) -> &'static str {
+        KIND.name()
     }
 
     fn is_up(&self) -> bool {
@@ -153,10 +156,14 @@ impl Broker for AmqpBroker {
         route: &RouteConfig,
         window: usize,
     ) -> Result<Box<dyn Source>, BrokerError> {
+        let Some(src) = route.source.get::<AmqpSource>() else {
+            return Err(self.not_mine(&route.source));
+        };
         let s = source::AmqpSource::bind(
             self.link.clone(),
             self.publisher.clone(),
             route,
+            &src.queue,
             window,
             UP_WAIT,
         )
@@ -172,7 +179,7 @@ impl Broker for AmqpBroker {
     /// endpoint's routing key. A plain queue cannot be watched without
     /// taking messages from its consumers, so that is refused.
     async fn tap(&self, at: &Endpoint) -> Result<BoxStream<'static, Message>, BrokerError> {
-        let Some(exchange) = &at.exchange else {
+        let Some(exchange) = at.get::<AmqpTarget>().and_then(|t| t.exchange.as_ref()) else {
             return Err(BrokerError::Unsupported {
                 broker: self.name.clone(),
                 message: format!(
@@ -180,11 +187,11 @@ impl Broker for AmqpBroker {
                      publish there through an exchange (exchange = \"...\", routing_key = \"...\", \
                      bound to the queue) or leave the route without an output so that results \
                      come back as RPC replies",
-                    at.address().unwrap_or_default()
+                    at.address()
                 ),
             });
         };
-        let (_, key) = sink::route_of(at);
+        let (_, key) = sink::route_of(at).unwrap_or_default();
         let (_, stream) = self.private_queue(Some((exchange, key))).await?;
         Ok(stream)
     }
@@ -194,12 +201,11 @@ impl Broker for AmqpBroker {
     }
 
     async fn browse(&self, at: &Endpoint, limit: usize) -> Result<Vec<Message>, BrokerError> {
-        dlq::browse(&self.link, UP_WAIT, at.address().unwrap_or_default(), limit).await
+        dlq::browse(&self.link, UP_WAIT, &at.address(), limit).await
     }
 
     async fn take(&self, at: &Endpoint) -> Result<Box<dyn Source>, BrokerError> {
-        let s = dlq::TakeSource::open(self.link.clone(), UP_WAIT, at.address().unwrap_or_default())
-            .await?;
+        let s = dlq::TakeSource::open(self.link.clone(), UP_WAIT, &at.address()).await?;
         Ok(Box::new(s))
     }
 

@@ -23,6 +23,7 @@ use tracing::warn;
 
 use super::headers::{properties, short};
 use super::lane::Lane;
+use super::{AmqpSource, AmqpTarget};
 use crate::brokers::{BrokerError, OutMessage, PublishError, PublishErrorKind, Publisher};
 use crate::config::Endpoint;
 
@@ -266,26 +267,24 @@ impl AmqpPublisher {
     }
 }
 
-/// The exchange and routing key for an endpoint: the exchange with its
-/// routing key (the queue name when none is given), or the default exchange
-/// with the queue's name.
-pub(super) fn route_of(to: &Endpoint) -> (&str, &str) {
-    match &to.exchange {
-        Some(x) => (
-            x.as_str(),
-            to.routing_key
-                .as_deref()
-                .or(to.address())
-                .unwrap_or_default(),
-        ),
-        None => ("", to.address().unwrap_or_default()),
+/// The exchange and routing key for an endpoint (see
+/// [`AmqpTarget::route`]); a source is its queue, through the default
+/// exchange.
+pub(super) fn route_of(to: &Endpoint) -> Option<(&str, &str)> {
+    match (to.get::<AmqpTarget>(), to.get::<AmqpSource>()) {
+        (Some(t), _) => Some(t.route()),
+        (None, Some(s)) => Some(("", s.queue.as_str())),
+        (None, None) => None,
     }
 }
 
 #[async_trait]
 impl Publisher for AmqpPublisher {
     async fn publish(&self, to: &Endpoint, msg: OutMessage) -> Result<(), PublishError> {
-        let (exchange, routing_key) = route_of(to);
+        let Some((exchange, routing_key)) = route_of(to) else {
+            let m = format!("{} is not an AMQP endpoint", to.describe());
+            return Err(self.fail(&to.address(), &Failure::Unencodable(m)));
+        };
         let target = if exchange.is_empty() {
             routing_key.to_owned()
         } else {
@@ -346,21 +345,15 @@ mod tests {
 
     #[test]
     fn endpoints_map_to_exchange_and_routing_key() {
-        let q = Endpoint {
-            queue: Some("q".into()),
-            ..Endpoint::default()
-        };
-        assert_eq!(route_of(&q), ("", "q"));
-        let x = Endpoint {
-            exchange: Some("x".into()),
-            routing_key: Some("k".into()),
-            ..Endpoint::default()
-        };
-        assert_eq!(route_of(&x), ("x", "k"));
-        let bare = Endpoint {
-            exchange: Some("fan".into()),
-            ..Endpoint::default()
-        };
-        assert_eq!(route_of(&bare), ("fan", ""));
+        let t =
+            |queue: Option<&str>, exchange: Option<&str>, routing_key: Option<&str>| AmqpTarget {
+                queue: queue.map(Into::into),
+                exchange: exchange.map(Into::into),
+                routing_key: routing_key.map(Into::into),
+            };
+        assert_eq!(t(Some("q"), None, None).route(), ("", "q"));
+        assert_eq!(t(None, Some("x"), Some("k")).route(), ("x", "k"));
+        assert_eq!(t(Some("q"), Some("x"), None).route(), ("x", "q"));
+        assert_eq!(t(None, Some("fan"), None).route(), ("fan", ""));
     }
 }

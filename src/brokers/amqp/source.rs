@@ -72,10 +72,11 @@ impl AmqpSource {
         link: Arc<Link>,
         publisher: Arc<AmqpPublisher>,
         route: &RouteConfig,
+        queue: &str,
         window: usize,
         wait: Duration,
     ) -> Result<Self, BrokerError> {
-        let queue = route.source.address().unwrap_or_default().to_owned();
+        let queue = queue.to_owned();
         let quorum = link
             .cfg
             .queues

@@ -8,8 +8,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Connection, ExchangeKind};
 
 use super::headers::short;
+use super::{AmqpConfig, AmqpExchange, AmqpQueue};
 use crate::brokers::BrokerError;
-use crate::config::{AmqpConfig, AmqpExchange, AmqpQueue};
 
 /// Declares (or checks) everything `cfg` lists, on a channel of its own
 /// (a refused declaration closes its channel).

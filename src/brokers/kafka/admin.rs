@@ -18,9 +18,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tracing::info;
 
+use super::KafkaConfig;
 use super::{base_config, LogContext, REQUEST_TIMEOUT};
 use crate::brokers::BrokerError;
-use crate::config::{Endpoint, KafkaConfig};
+use crate::config::Endpoint;
 
 /// Creates the topics that endpoints ask for with `create = { .. }`, once
 /// per topic and process, and never through broker auto-creation.
@@ -54,10 +55,13 @@ impl Topics {
         producer: &FutureProducer<LogContext>,
         ep: &Endpoint,
     ) -> Result<(), BrokerError> {
-        if ep.create.is_some() {
+        let Some((topic, create)) = super::config::topic_of(ep) else {
+            return Ok(());
+        };
+        if create.is_some() {
             return self.ensure(producer, ep).await;
         }
-        let topic = ep.address().unwrap_or_default().to_owned();
+        let topic = topic.to_owned();
         let p = producer.clone();
         let t = topic.clone();
         let exists = tokio::task::spawn_blocking(move || topic_exists(p.client(), &t))
@@ -86,7 +90,7 @@ impl Topics {
         producer: &FutureProducer<LogContext>,
         ep: &Endpoint,
     ) -> Result<(), BrokerError> {
-        let (Some(topic), Some(create)) = (ep.address(), &ep.create) else {
+        let Some((topic, Some(create))) = super::config::topic_of(ep) else {
             return Ok(());
         };
         if self.done(topic) {

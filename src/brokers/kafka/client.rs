@@ -13,7 +13,8 @@ use rdkafka::{ClientConfig, ClientContext};
 use tracing::{debug, error, warn};
 
 use super::set_up;
-use crate::config::{KafkaConfig, RouteConfig};
+use super::{KafkaConfig, KafkaSource};
+use crate::config::RouteConfig;
 
 /// A client config: bootstrap and mqfn's `defaults`, then the user's
 /// properties (which may override those defaults).
@@ -62,13 +63,14 @@ pub(super) fn producer_config(name: &str, cfg: &KafkaConfig) -> ClientConfig {
 const PREFETCH_KBYTES: &str = "1024";
 
 /// The group consumer of one route.
-pub(super) fn consumer_config(name: &str, cfg: &KafkaConfig, route: &RouteConfig) -> ClientConfig {
+pub(super) fn consumer_config(
+    name: &str,
+    cfg: &KafkaConfig,
+    route: &RouteConfig,
+    src: &KafkaSource,
+) -> ClientConfig {
     let client_id = format!("mqfn/{name}/{}", route.name);
-    let reset = route
-        .source
-        .auto_offset_reset
-        .as_deref()
-        .unwrap_or("earliest");
+    let reset = src.auto_offset_reset.as_str();
     let mut c = base_config(
         cfg,
         &[
@@ -86,7 +88,7 @@ pub(super) fn consumer_config(name: &str, cfg: &KafkaConfig, route: &RouteConfig
         ],
     );
     // The route's own group, whatever a shared property says.
-    c.set("group.id", group_of(route));
+    c.set("group.id", group_of(route, src));
     // Offsets are stored and committed by mqfn, contiguously, after the
     // results are confirmed.
     force(&mut c, name, "enable.auto.offset.store", "false");
@@ -95,10 +97,8 @@ pub(super) fn consumer_config(name: &str, cfg: &KafkaConfig, route: &RouteConfig
 }
 
 /// The route's consumer group: `group`, else `mqfn-ROUTE`.
-pub fn group_of(route: &RouteConfig) -> String {
-    route
-        .source
-        .group
+pub fn group_of(route: &RouteConfig, src: &KafkaSource) -> String {
+    src.group
         .clone()
         .unwrap_or_else(|| format!("mqfn-{}", route.name))
 }

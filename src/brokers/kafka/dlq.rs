@@ -22,10 +22,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
+use super::KafkaConfig;
 use super::{admin, base_config, sink, LogContext, REQUEST_TIMEOUT};
 use crate::brokers::{BacklogProbe, BrokerError, OutMessage, Source};
-use crate::config::KafkaConfig;
-use crate::message::{Delivery, Message, Settle, SourceMeta};
+use crate::message::{Delivery, Message, Settle};
 
 /// How long a read may see nothing at all before the rest counts as read.
 const IDLE_LIMIT: Duration = Duration::from_secs(10);
@@ -96,7 +96,7 @@ impl Reader {
     }
 
     /// Blocking: the next record before the end, or `None` when all is read.
-    fn next(&mut self) -> Result<Option<Message>, BrokerError> {
+    fn next(&mut self) -> Result<Option<Record>, BrokerError> {
         let mut idle = Instant::now();
         while self.done.len() < self.partitions {
             if idle.elapsed() > IDLE_LIMIT {
@@ -128,7 +128,11 @@ impl Reader {
                         self.done.insert(p);
                     }
                     if m.offset() < end {
-                        return Ok(Some(super::to_message(&m, "")));
+                        return Ok(Some(Record {
+                            msg: super::to_message(&m, ""),
+                            partition: p,
+                            offset: m.offset(),
+                        }));
                     }
                 }
             }
@@ -137,8 +141,15 @@ impl Reader {
     }
 }
 
+/// A dead letter read, with where it sits.
+struct Record {
+    msg: Message,
+    partition: i32,
+    offset: i64,
+}
+
 /// Runs a blocking read on the blocking pool and puts the reader back.
-async fn read(reader: &mut Option<Reader>, broker: &str) -> Result<Option<Message>, BrokerError> {
+async fn read(reader: &mut Option<Reader>, broker: &str) -> Result<Option<Record>, BrokerError> {
     let Some(mut r) = reader.take() else {
         return Ok(None);
     };
@@ -173,19 +184,15 @@ pub async fn browse(
     let mut out = Vec::new();
     while out.len() < limit {
         match read(&mut reader, broker).await? {
-            Some(m) => out.push(m),
+            Some(r) => out.push(r),
             None => break,
         }
     }
-    out.sort_by_cached_key(|m| {
-        let (partition, offset) = match m.meta {
-            SourceMeta::Kafka { partition, offset } => (partition, offset),
-            _ => (0, 0),
-        };
-        let failed_at = m.headers.get("mqfn-failed-at").unwrap_or("").to_owned();
-        (failed_at, partition, offset)
+    out.sort_by_cached_key(|r| {
+        let failed_at = r.msg.headers.get("mqfn-failed-at").unwrap_or("").to_owned();
+        (failed_at, r.partition, r.offset)
     });
-    Ok(out)
+    Ok(out.into_iter().map(|r| r.msg).collect())
 }
 
 /// What the settle tokens of one taker share.
@@ -290,13 +297,15 @@ impl TakeSource {
 #[async_trait]
 impl Source for TakeSource {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
-        let Some(msg) = read(&mut self.reader, &self.broker).await? else {
+        let Some(Record {
+            msg,
+            partition,
+            offset,
+        }) = read(&mut self.reader, &self.broker).await?
+        else {
             return Err(BrokerError::Drained {
                 broker: self.broker.clone(),
             });
-        };
-        let SourceMeta::Kafka { partition, offset } = msg.meta else {
-            unreachable!("Kafka records carry Kafka metadata");
         };
         self.cursor
             .handed

@@ -11,6 +11,7 @@
 
 mod admin;
 mod client;
+pub mod config;
 mod consumer;
 mod dlq;
 mod offsets;
@@ -31,10 +32,12 @@ use rdkafka::Message as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{BacklogProbe, Broker, BrokerError, Publisher, Source};
-use crate::config::{BrokerKind, Endpoint, KafkaConfig, RouteConfig};
+use super::{BacklogProbe, Broker, BrokerError, Kind as _, Publisher, Source};
+pub use config::{KafkaConfig, KafkaSource, KafkaTarget, OffsetReset, TopicCreate, KIND};
+
+use crate::config::{Endpoint, RouteConfig};
 use crate::message::{
-    Headers, Message, SourceMeta, CORRELATION_HEADER, REPLY_HEADER, TRACEPARENT_HEADER,
+    Headers, Message, Position, CORRELATION_HEADER, REPLY_HEADER, TRACEPARENT_HEADER,
 };
 use crate::telemetry::names;
 
@@ -154,10 +157,7 @@ pub fn to_message(m: &BorrowedMessage<'_>, route: &str) -> Message {
         key: m.key().map(bytes::Bytes::copy_from_slice),
         subject: m.topic().to_owned(),
         route: route.to_owned(),
-        meta: SourceMeta::Kafka {
-            partition: m.partition(),
-            offset: m.offset(),
-        },
+        position: position(m.partition(), m.offset()),
         attempt: 1,
         traceparent: headers.get(TRACEPARENT_HEADER).map(str::to_owned),
         correlation_id: headers.get(CORRELATION_HEADER).map(str::to_owned),
@@ -167,14 +167,23 @@ pub fn to_message(m: &BorrowedMessage<'_>, route: &str) -> Message {
     }
 }
 
+/// `partition/offset`, stable across redeliveries.
+fn position(partition: i32, offset: i64) -> Position {
+    let mut at = String::with_capacity(24);
+    at.push_str(itoa::Buffer::new().format(partition));
+    at.push('/');
+    at.push_str(itoa::Buffer::new().format(offset));
+    Position::stable("", &at).in_partition(partition)
+}
+
 #[async_trait]
 impl Broker for KafkaBroker {
     fn name(&self) -> &str {
         &self.name
     }
 
-    fn kind(&self) -> BrokerKind {
-        BrokerKind::Kafka
+    fn kind(&self) -> &'static str {
+        KIND.name()
     }
 
     fn is_up(&self) -> bool {
@@ -197,9 +206,12 @@ impl Broker for KafkaBroker {
         {
             self.topics.ensure(&self.producer, ep).await?;
         }
+        let Some(src) = route.source.get::<KafkaSource>() else {
+            return Err(self.not_mine(&route.source));
+        };
         self.topics.require(&self.producer, &route.source).await?;
-        let config = consumer_config(&self.name, &self.cfg, route);
-        let s = source::KafkaSource::subscribe(&self.name, &self.cfg, route, &config, window)?;
+        let config = consumer_config(&self.name, &self.cfg, route, src);
+        let s = source::KafkaSource::subscribe(&self.name, &self.cfg, route, src, &config, window)?;
         Ok(Box::new(s))
     }
 
@@ -213,22 +225,16 @@ impl Broker for KafkaBroker {
 
     async fn tap(&self, at: &Endpoint) -> Result<BoxStream<'static, Message>, BrokerError> {
         self.topics.ensure(&self.producer, at).await?;
-        tap::open(&self.name, &self.cfg, at.address().unwrap_or_default()).await
+        tap::open(&self.name, &self.cfg, &at.address()).await
     }
 
     async fn browse(&self, at: &Endpoint, limit: usize) -> Result<Vec<Message>, BrokerError> {
-        dlq::browse(
-            &self.name,
-            &self.cfg,
-            at.address().unwrap_or_default(),
-            limit,
-        )
-        .await
+        dlq::browse(&self.name, &self.cfg, &at.address(), limit).await
     }
 
     async fn take(&self, at: &Endpoint) -> Result<Box<dyn Source>, BrokerError> {
-        let topic = at.address().unwrap_or_default();
-        let s = dlq::TakeSource::open(&self.name, &self.cfg, self.producer.clone(), topic).await?;
+        let topic = at.address();
+        let s = dlq::TakeSource::open(&self.name, &self.cfg, self.producer.clone(), &topic).await?;
         Ok(Box::new(s))
     }
 

@@ -130,7 +130,13 @@ pub fn classify(e: &KafkaError) -> PublishErrorKind {
 #[async_trait]
 impl Publisher for KafkaPublisher {
     async fn publish(&self, to: &Endpoint, msg: OutMessage) -> Result<(), PublishError> {
-        let topic = to.address().unwrap_or_default();
+        let Some((topic, _)) = super::config::topic_of(to) else {
+            return Err(PublishError {
+                kind: PublishErrorKind::Rejected,
+                to: to.describe(),
+                message: "not a Kafka endpoint".to_owned(),
+            });
+        };
         if let Err(e) = self.topics.ensure(&self.producer, to).await {
             return Err(self.fail(topic, PublishErrorKind::Transient, e));
         }

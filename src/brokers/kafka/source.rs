@@ -24,8 +24,9 @@ use super::consumer::{Lag, PollThread, Polled};
 use super::offsets::{Tp, Tracker};
 use super::rebalance::GroupContext;
 use super::ConsumerBacklog;
+use super::{KafkaConfig, KafkaSource as SourceKeys};
 use crate::brokers::{BacklogProbe, BrokerError, Source};
-use crate::config::{KafkaConfig, RouteConfig};
+use crate::config::RouteConfig;
 use crate::message::{Delivery, Message, Settle};
 
 /// Bounds of the hand-off channel: a tiny window still gets a few records
@@ -65,6 +66,7 @@ impl KafkaSource {
         broker: &str,
         cfg: &KafkaConfig,
         route: &RouteConfig,
+        src: &SourceKeys,
         config: &ClientConfig,
         window: usize,
     ) -> Result<Self, BrokerError> {
@@ -72,7 +74,7 @@ impl KafkaSource {
             broker: broker.to_owned(),
             message: format!("route {}: {message}", route.name),
         };
-        let topic = route.source.address().unwrap_or_default();
+        let topic = src.topic.as_str();
         let tracker = Arc::new(Tracker::new(cfg.partition_window));
         let ctx = GroupContext::new(broker, &route.name, tracker.clone());
         let consumer: BaseConsumer<GroupContext> = config
@@ -86,7 +88,7 @@ impl KafkaSource {
         let lag = Arc::new(Lag::default());
         let thread = PollThread::spawn(consumer, tx, lag.clone(), cfg.commit_interval)
             .map_err(|e| setup(format!("cannot start the poll thread: {e}")))?;
-        info!(route = %route.name, topic, group = %super::group_of(route), "Joining the consumer group.");
+        info!(route = %route.name, topic, group = %super::group_of(route, src), "Joining the consumer group.");
         Ok(Self {
             broker: broker.to_owned(),
             tracker,

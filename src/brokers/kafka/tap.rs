@@ -9,9 +9,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::debug;
 
+use super::KafkaConfig;
 use super::{admin, base_config, to_message, LogContext, REQUEST_TIMEOUT};
 use crate::brokers::BrokerError;
-use crate::config::KafkaConfig;
 use crate::message::Message;
 
 /// Every record appended to `topic` from now on.

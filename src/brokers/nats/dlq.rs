@@ -10,7 +10,7 @@ use futures::StreamExt;
 
 use super::from_header_map;
 use crate::brokers::{BacklogProbe, BrokerError, Source};
-use crate::message::{Delivery, Message, Settle, SourceMeta};
+use crate::message::{Delivery, Message, Position, Settle};
 
 /// Finds the stream that stores `subject`.
 pub async fn stream_for(
@@ -57,10 +57,7 @@ fn to_message(stream: &str, m: &jetstream::Message) -> Message {
     let mut msg = Message {
         payload: m.payload.clone(),
         subject: m.subject.to_string(),
-        meta: SourceMeta::JetStream {
-            stream: stream.to_owned(),
-            sequence,
-        },
+        position: Position::stable(stream, itoa::Buffer::new().format(sequence)),
         attempt: 1,
         ..Message::default()
     };
@@ -154,10 +151,7 @@ impl Source for TakeSource {
         match batch.next().await {
             Some(Ok(m)) => {
                 let msg = to_message(&self.name, &m);
-                let sequence = match msg.meta {
-                    SourceMeta::JetStream { sequence, .. } => sequence,
-                    _ => 0,
-                };
+                let sequence = m.info().map(|i| i.stream_sequence).unwrap_or(0);
                 let settle = Taken {
                     broker: self.broker.clone(),
                     stream: self.stream.clone(),

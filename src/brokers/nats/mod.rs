@@ -1,6 +1,7 @@
 //! NATS: core subjects (at-most-once, queue groups) and JetStream (durable
 //! pull consumers, PubAck-confirmed publishes).
 
+pub mod config;
 mod dlq;
 mod sink;
 mod source;
@@ -15,10 +16,12 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tracing::{info, warn};
 
-use super::{BacklogProbe, Broker, BrokerError, Publisher, Source};
-use crate::config::{BrokerKind, Endpoint, NatsConfig, NatsStream, RouteConfig};
+use super::{BacklogProbe, Broker, BrokerError, Kind as _, Publisher, Source};
+pub use config::{NatsConfig, NatsSource, NatsStream, NatsTarget, Storage, KIND};
+
+use crate::config::{Endpoint, RouteConfig};
 use crate::message::{
-    Headers, Message, SourceMeta, CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER, TRACEPARENT_HEADER,
+    Headers, Message, CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER, TRACEPARENT_HEADER,
 };
 use crate::telemetry::{names, redact_url};
 
@@ -180,10 +183,9 @@ async fn ensure_streams(
         let config = stream::Config {
             name: s.name.clone(),
             subjects: s.subjects.clone(),
-            storage: if s.storage == "memory" {
-                stream::StorageType::Memory
-            } else {
-                stream::StorageType::File
+            storage: match s.storage {
+                Storage::Memory => stream::StorageType::Memory,
+                Storage::File => stream::StorageType::File,
             },
             max_age: s.max_age.unwrap_or_default(),
             ..Default::default()
@@ -239,8 +241,8 @@ impl Broker for NatsBroker {
         &self.name
     }
 
-    fn kind(&self) -> BrokerKind {
-        BrokerKind::Nats
+    fn kind(&self) -> &'static str {
+        KIND.name()
     }
 
     fn is_up(&self) -> bool {
@@ -252,12 +254,16 @@ impl Broker for NatsBroker {
         route: &RouteConfig,
         window: usize,
     ) -> Result<Box<dyn Source>, BrokerError> {
-        if route.source.stream.is_some() {
+        let Some(src) = route.source.get::<NatsSource>() else {
+            return Err(self.not_mine(&route.source));
+        };
+        if let Some(stream) = &src.stream {
             self.ensure_streams().await?;
-            let s = source::JetStreamSource::bind(&self.name, &self.js, route, window).await?;
+            let s = source::JetStreamSource::bind(&self.name, &self.js, route, src, stream, window)
+                .await?;
             Ok(Box::new(s))
         } else {
-            let s = source::CoreSource::subscribe(&self.name, &self.client, route).await?;
+            let s = source::CoreSource::subscribe(&self.name, &self.client, route, src).await?;
             Ok(Box::new(s))
         }
     }
@@ -271,7 +277,7 @@ impl Broker for NatsBroker {
     }
 
     async fn tap(&self, at: &Endpoint) -> Result<BoxStream<'static, Message>, BrokerError> {
-        let subject = at.address().unwrap_or_default().to_owned();
+        let subject = at.address();
         let sub = self
             .client
             .subscribe(subject)
@@ -292,27 +298,17 @@ impl Broker for NatsBroker {
 
     async fn inbox(&self) -> Result<(String, BoxStream<'static, Message>), BrokerError> {
         let inbox = self.client.new_inbox();
-        let at = Endpoint {
-            subject: Some(inbox.clone()),
-            ..Endpoint::default()
-        };
+        let at = Endpoint::new(&self.name, Arc::new(NatsTarget::new(inbox.clone())));
         let stream = self.tap(&at).await?;
         Ok((inbox, stream))
     }
 
     async fn browse(&self, at: &Endpoint, limit: usize) -> Result<Vec<Message>, BrokerError> {
-        dlq::browse(
-            &self.name,
-            &self.js,
-            at.address().unwrap_or_default(),
-            limit,
-        )
-        .await
+        dlq::browse(&self.name, &self.js, &at.address(), limit).await
     }
 
     async fn take(&self, at: &Endpoint) -> Result<Box<dyn Source>, BrokerError> {
-        let s =
-            dlq::TakeSource::open(&self.name, &self.js, at.address().unwrap_or_default()).await?;
+        let s = dlq::TakeSource::open(&self.name, &self.js, &at.address()).await?;
         Ok(Box::new(s))
     }
 
@@ -378,7 +374,6 @@ fn core_message(m: async_nats::Message, route: &str) -> Message {
         payload: m.payload,
         subject: m.subject.to_string(),
         route: route.to_owned(),
-        meta: SourceMeta::Nats,
         attempt: 1,
         reply_to: m.reply.map(|r| r.to_string()),
         ..Message::default()

@@ -3,6 +3,7 @@ use async_nats::{jetstream, HeaderValue};
 use async_trait::async_trait;
 
 use super::{header, to_header_map};
+use super::{NatsSource, NatsTarget};
 use crate::brokers::{OutMessage, PublishError, PublishErrorKind, Publisher};
 use crate::config::Endpoint;
 use crate::message::{CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER};
@@ -111,7 +112,20 @@ fn classify(kind: jetstream::context::PublishErrorKind) -> PublishErrorKind {
 #[async_trait]
 impl Publisher for NatsPublisher {
     async fn publish(&self, to: &Endpoint, mut msg: OutMessage) -> Result<(), PublishError> {
-        let subject = to.address().unwrap_or_default();
+        let subject = match (to.get::<NatsTarget>(), to.get::<NatsSource>()) {
+            (Some(t), _) => {
+                if !t.dedup {
+                    msg.dedup_id = None;
+                }
+                t.subject.as_str()
+            }
+            // `mqfn invoke` and redrive publish to a route's source.
+            (None, Some(s)) => s.subject.as_str(),
+            (None, None) => {
+                let e = format!("{} is not a NATS endpoint", to.describe());
+                return Err(self.fail(&to.address(), PublishErrorKind::Rejected, e));
+            }
+        };
         let Some(js) = &self.js else {
             return self.core(subject, msg).await;
         };

@@ -5,10 +5,11 @@ use async_nats::jetstream::{self, consumer, AckKind};
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 
+use super::NatsSource;
 use super::{core_message, from_header_map, ConsumerBacklog};
 use crate::brokers::{BacklogProbe, BrokerError, Source};
 use crate::config::RouteConfig;
-use crate::message::{Delivery, Message, NoSettle, Settle, SourceMeta};
+use crate::message::{Delivery, Message, NoSettle, Position, Settle};
 
 /// How often the server proves an idle pull alive; two missed beats end
 /// the pull with an error, and the next receive opens a new one.
@@ -32,15 +33,15 @@ impl JetStreamSource {
         broker: &str,
         js: &jetstream::Context,
         route: &RouteConfig,
+        src: &NatsSource,
+        stream_name: &str,
         window: usize,
     ) -> Result<Self, BrokerError> {
-        let src = &route.source;
-        let stream_name = src.stream.clone().unwrap_or_default();
         let setup = |message: String| BrokerError::Setup {
             broker: broker.to_owned(),
             message,
         };
-        let stream = js.get_stream(&stream_name).await.map_err(|e| {
+        let stream = js.get_stream(stream_name).await.map_err(|e| {
             setup(format!(
                 "route {}: stream {stream_name:?} is not available ({e}); declare it under \
                  [[brokers.{broker}.streams]] or create it with `nats stream add`",
@@ -51,7 +52,7 @@ impl JetStreamSource {
         let ack_wait = src.ack_wait.unwrap_or(Duration::from_secs(30));
         let config = consumer::pull::Config {
             durable_name: Some(durable.clone()),
-            filter_subject: src.address().unwrap_or_default().to_owned(),
+            filter_subject: src.subject.clone(),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait,
             max_deliver: src.max_deliver.unwrap_or(-1),
@@ -70,7 +71,7 @@ impl JetStreamSource {
         Ok(Self {
             broker: Arc::from(broker),
             route: route.name.clone(),
-            stream: stream_name,
+            stream: stream_name.to_owned(),
             consumer,
             messages: None,
             batch: window.max(1),
@@ -144,10 +145,7 @@ impl JetStreamSource {
         let mut msg = Message {
             subject: m.subject.as_str().to_owned(),
             route: self.route.clone(),
-            meta: SourceMeta::JetStream {
-                stream: self.stream.clone(),
-                sequence,
-            },
+            position: Position::stable(&self.stream, itoa::Buffer::new().format(sequence)),
             attempt: u32::try_from(delivered.max(1)).unwrap_or(u32::MAX),
             payload: m.payload.clone(),
             ..Message::default()
@@ -246,10 +244,10 @@ impl CoreSource {
         broker: &str,
         client: &async_nats::Client,
         route: &RouteConfig,
+        src: &NatsSource,
     ) -> Result<Self, BrokerError> {
-        let subject = route.source.address().unwrap_or_default().to_owned();
-        let group = route
-            .source
+        let subject = src.subject.clone();
+        let group = src
             .queue_group
             .clone()
             .unwrap_or_else(|| route.name.clone());

@@ -1,0 +1,80 @@
+//! `kind = "memory"`: in-process queues, for a first run with no broker at
+//! all and for tests of routes and handlers. One process, not durable.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::brokers::{typed, Broker, BrokerError, BrokerSpec, EndpointSpec, KeyError, Kind, Role};
+
+/// The registry entry.
+pub struct MemoryKind;
+
+/// The one value of [`MemoryKind`], for [`crate::brokers::KINDS`].
+pub static KIND: MemoryKind = MemoryKind;
+
+impl Kind for MemoryKind {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    fn config(&self, keys: toml::Table) -> Result<Arc<dyn BrokerSpec>, KeyError> {
+        Ok(Arc::new(typed::<MemoryConfig>(keys)?))
+    }
+}
+
+/// An in-process broker.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// The hub whose queues this broker uses (default: the broker's name).
+    /// Brokers that name the same hub share its queues, and a test reaches
+    /// them with [`super::Hub::named`].
+    #[serde(default)]
+    pub hub: Option<String>,
+}
+
+/// A queue of the hub, as a source or a target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryEndpoint {
+    /// The queue (created on first use).
+    #[serde(alias = "subject", alias = "topic")]
+    pub queue: String,
+}
+
+#[async_trait]
+impl BrokerSpec for MemoryConfig {
+    fn kind(&self) -> &'static str {
+        KIND.name()
+    }
+
+    fn endpoint(&self, _role: Role, keys: toml::Table) -> Result<Arc<dyn EndpointSpec>, KeyError> {
+        Ok(Arc::new(typed::<MemoryEndpoint>(keys)?))
+    }
+
+    async fn connect(&self, name: &str, _wait: bool) -> Result<Arc<dyn Broker>, BrokerError> {
+        let hub = super::Hub::named(self.hub.as_deref().unwrap_or(name));
+        Ok(Arc::new(super::MemoryBroker::new(name, hub)))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl EndpointSpec for MemoryEndpoint {
+    fn address(&self) -> String {
+        self.queue.clone()
+    }
+    fn validate(&self) -> Vec<KeyError> {
+        match self.queue.is_empty() {
+            true => vec![KeyError::new("queue", "the queue is empty")],
+            false => Vec::new(),
+        }
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,136 @@
+//! The typed-config half of the broker contract: how a kind turns its
+//! `[brokers.NAME]` table and the endpoint tables of routes into typed
+//! values, checks them, and connects.
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+
+use super::{Broker, BrokerError, KINDS};
+
+/// A problem with one key, relative to the table it sits in (`topic`,
+/// `streams[0].storage`; empty for the table itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    /// The key path inside the table.
+    pub key: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl KeyError {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Which side of a route an endpoint is on: a kind may take other keys on
+/// each (a JetStream `durable` on a source, `dedup` on an output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Where messages come from.
+    Source,
+    /// Where mqfn publishes: an output, a dead letter, `mqfn publish`.
+    Target,
+}
+
+impl Role {
+    /// The word error messages use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Target => "output or dead letter",
+        }
+    }
+}
+
+/// What a source promises about a message mqfn received and has not yet
+/// acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// The broker redelivers it (a route must then have a dead letter).
+    AtLeastOnce,
+    /// It is gone if mqfn dies (core NATS).
+    AtMostOnce,
+}
+
+/// One broker kind: the registry entry that parses its `[brokers.NAME]`
+/// table.
+pub trait Kind: Sync {
+    /// The `kind = "..."` value.
+    fn name(&self) -> &'static str;
+    /// Parses the broker's keys (all but `kind`) into its typed config.
+    fn config(&self, keys: toml::Table) -> Result<Arc<dyn BrokerSpec>, KeyError>;
+}
+
+/// A broker's typed, parsed config.
+#[async_trait]
+pub trait BrokerSpec: Debug + Send + Sync {
+    /// The kind's name.
+    fn kind(&self) -> &'static str;
+    /// Rules that span keys or need the outside world (readable files);
+    /// keys are relative to `brokers.NAME`.
+    fn validate(&self) -> Vec<KeyError> {
+        Vec::new()
+    }
+    /// Parses the keys of an endpoint on this broker (all but `broker`).
+    fn endpoint(&self, role: Role, keys: toml::Table) -> Result<Arc<dyn EndpointSpec>, KeyError>;
+    /// Connects. With `wait` false the first connection may be made in the
+    /// background (`run` reports not-ready meanwhile).
+    async fn connect(&self, name: &str, wait: bool) -> Result<Arc<dyn Broker>, BrokerError>;
+    /// For the kind's own code to get its type back.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A typed endpoint of one kind: where on the broker, and how.
+pub trait EndpointSpec: Debug + Send + Sync + 'static {
+    /// The place on the broker, as logs and `mqfn-source` show it, without
+    /// the broker's name: `orders`, `exchange/routing-key`.
+    fn address(&self) -> String;
+    /// Rules on values; keys are relative to the endpoint.
+    fn validate(&self) -> Vec<KeyError> {
+        Vec::new()
+    }
+    /// Whether publishes here drop a message whose deduplication id the
+    /// broker has seen lately (JetStream `Nats-Msg-Id`), so that the core
+    /// gives each result one (targets only).
+    fn deduplicates(&self) -> bool {
+        false
+    }
+    /// What a source of this shape promises (sources only).
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::AtLeastOnce
+    }
+    /// For the kind's own code to get its type back.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// The kind called `name`.
+pub fn kind(name: &str) -> Option<&'static dyn Kind> {
+    KINDS.iter().copied().find(|k| k.name() == name)
+}
+
+/// Every kind's name, for error messages.
+pub fn kind_names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.name()).collect()
+}
+
+/// Deserializes a kind's typed struct from its table; the error names the
+/// key, and says how a duration is written.
+pub fn typed<T: DeserializeOwned>(keys: toml::Table) -> Result<T, KeyError> {
+    serde_path_to_error::deserialize(toml::Value::Table(keys)).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        KeyError::new(
+            key,
+            crate::config::describe_serde_error(&e.into_inner().to_string()),
+        )
+    })
+}
