@@ -1,24 +1,26 @@
-//! Wiring: brokers → routes → pools, the admin listener, and shutdown.
+//! Wiring: brokers → routes → pools, the admin listener, supervision and
+//! shutdown.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering as AtomicOrdering;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::brokers::{self, reconnect_delay, BacklogProbe, Broker, BrokerError};
-use crate::config::{Config, RouteConfig};
+use crate::brokers::{self, reconnect_delay, Broker, BrokerError, CLOSE_TIMEOUT};
+use crate::config::{Config, Endpoint};
 use crate::handler::{self, BuildError};
-use crate::pool::scaler::{Decision, Scaler};
-use crate::route::{Route, Sink, WINDOW_FACTOR};
-use crate::telemetry::{admin, names};
-
-/// How long closing a source or a broker connection may take at shutdown.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::pool::autoscale;
+use crate::route::{Ended, Route, Sink, WINDOW_FACTOR};
+use crate::state::{AppState, RouteHandle};
+use crate::telemetry::admin;
 
 /// Why `run` could not start or finish.
 #[derive(Debug, thiserror::Error)]
@@ -42,39 +44,6 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// A running route and what the admin listener shows of it.
-pub struct RouteHandle {
-    /// The route.
-    pub route: Arc<Route>,
-    /// Its config.
-    pub cfg: RouteConfig,
-    /// The latest scaling decisions, newest last.
-    pub decisions: std::sync::Mutex<std::collections::VecDeque<Decision>>,
-    /// The broker-side backlog probe, once subscribed.
-    pub probe: std::sync::Mutex<Option<Arc<dyn BacklogProbe>>>,
-}
-
-/// What the admin listener reads.
-pub struct AppState {
-    /// Connected brokers by name.
-    pub brokers: BTreeMap<String, Arc<dyn Broker>>,
-    /// The routes, in config order.
-    pub routes: Vec<Arc<RouteHandle>>,
-    /// Every handler in use, once each.
-    pub handlers: Vec<handler::Built>,
-}
-
-impl AppState {
-    /// Ready when every broker is up and every route is subscribed.
-    pub fn ready(&self) -> bool {
-        self.brokers.values().all(|b| b.is_up())
-            && self
-                .routes
-                .iter()
-                .all(|r| r.route.stats.subscribed.load(AtomicOrdering::Relaxed))
-    }
 }
 
 /// Builds handlers and broker connections for every route of `cfg`.
@@ -109,7 +78,7 @@ pub async fn build(cfg: &Config) -> Result<AppState, AppError> {
                 b
             }
         };
-        let sink = |ep: &Option<crate::config::Endpoint>| {
+        let sink = |ep: &Option<Endpoint>| {
             ep.as_ref().map(|at| Sink {
                 publisher: brokers[&at.broker].publisher(),
                 at: at.clone(),
@@ -124,12 +93,7 @@ pub async fn build(cfg: &Config) -> Result<AppState, AppError> {
             Some(brokers[&r.source.broker].publisher()),
         )
         .with_instances(built.instances);
-        routes.push(Arc::new(RouteHandle {
-            route: Arc::new(route),
-            cfg: r.clone(),
-            decisions: Default::default(),
-            probe: Default::default(),
-        }));
+        routes.push(Arc::new(RouteHandle::new(Arc::new(route), r.clone())));
     }
     Ok(AppState {
         brokers,
@@ -138,76 +102,153 @@ pub async fn build(cfg: &Config) -> Result<AppState, AppError> {
     })
 }
 
+/// A started app: its routes run, its admin listener serves, until
+/// [`App::run_until`] is told to stop.
+pub struct App {
+    /// What the admin listener reads.
+    pub state: Arc<AppState>,
+    /// Where the admin listener is bound (port 0 in config picks one).
+    pub admin_addr: SocketAddr,
+    /// The metrics recorder's handle.
+    pub metrics: PrometheusHandle,
+    token: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
+}
+
+impl App {
+    /// Connects, builds, binds the admin listener and starts every route.
+    pub async fn start(cfg: &Config) -> Result<Self, AppError> {
+        let metrics = crate::telemetry::install_metrics();
+        let state = Arc::new(build(cfg).await?);
+        let listen: SocketAddr = cfg.admin.listen.parse().map_err(|e| AppError::Admin {
+            addr: cfg.admin.listen.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| AppError::Admin {
+                addr: listen.to_string(),
+                source,
+            })?;
+        let admin_addr = listener.local_addr().unwrap_or(listen);
+        info!(addr = %admin_addr, "Admin listener up.");
+        let token = CancellationToken::new();
+        tokio::spawn(crate::telemetry::upkeep(metrics.clone(), token.clone()));
+        let admin_task = tokio::spawn(admin::serve(
+            listener,
+            state.clone(),
+            metrics.clone(),
+            token.clone(),
+        ));
+        let mut tasks = Vec::new();
+        for h in &state.routes {
+            let broker = state.brokers[&h.cfg.source.broker].clone();
+            tasks.push(tokio::spawn(supervise(
+                h.clone(),
+                broker,
+                token.clone(),
+                cfg.shutdown_timeout,
+            )));
+            tasks.push(tokio::spawn(autoscale::run(h.clone(), token.clone())));
+        }
+        info!(routes = state.routes.len(), "Running.");
+        Ok(Self {
+            state,
+            admin_addr,
+            metrics,
+            token,
+            tasks,
+            admin_task,
+        })
+    }
+
+    /// Runs until `shutdown` completes, then drains and returns.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        shutdown.await;
+        info!("Shutting down: no more fetching; finishing in-flight work.");
+        self.token.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        for h in &self.state.handlers {
+            h.close().await;
+        }
+        for b in self.state.brokers.values() {
+            // A broker that is down cannot flush; do not hang the exit on it.
+            if tokio::time::timeout(CLOSE_TIMEOUT, b.close())
+                .await
+                .is_err()
+            {
+                warn!(broker = %b.name(), "Broker did not close in time; exiting anyway.");
+            }
+        }
+        let _ = self.admin_task.await;
+        info!("Stopped.");
+    }
+}
+
 /// Runs every route of `cfg` until `shutdown` completes, then drains and
 /// returns.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-    let metrics = crate::telemetry::install_metrics();
-    let state = Arc::new(build(&cfg).await?);
-    let listen: SocketAddr = cfg.admin.listen.parse().map_err(|e| AppError::Admin {
-        addr: cfg.admin.listen.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-    })?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| AppError::Admin {
-            addr: listen.to_string(),
-            source,
-        })?;
-    info!(addr = %listener.local_addr().unwrap_or(listen), "Admin listener up.");
-    let token = CancellationToken::new();
-    tokio::spawn(crate::telemetry::upkeep(metrics.clone(), token.clone()));
-    let admin_task = tokio::spawn(admin::serve(
-        listener,
-        state.clone(),
-        metrics,
-        token.clone(),
-    ));
-    let mut tasks = Vec::new();
-    for h in &state.routes {
-        let broker = state.brokers[&h.cfg.source.broker].clone();
-        tasks.push(tokio::spawn(route_task(
-            h.clone(),
-            broker,
-            token.clone(),
-            cfg.shutdown_timeout,
-        )));
-        tasks.push(tokio::spawn(scale_task(h.clone(), token.clone())));
-    }
-    info!(routes = state.routes.len(), "Running.");
-    shutdown.await;
-    info!("Shutting down: no more fetching; finishing in-flight work.");
-    token.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
-    for h in &state.handlers {
-        h.close().await;
-    }
-    for b in state.brokers.values() {
-        // A broker that is down cannot flush; do not hang the exit on it.
-        if tokio::time::timeout(CLOSE_TIMEOUT, b.close())
-            .await
-            .is_err()
-        {
-            warn!(broker = %b.name(), "Broker did not close in time; exiting anyway.");
-        }
-    }
-    let _ = admin_task.await;
-    info!("Stopped.");
+    App::start(&cfg).await?.run_until(shutdown).await;
     Ok(())
 }
 
-async fn route_task(
+/// Keeps one route running: subscribes, consumes, and when the route's
+/// task panics or its source fails for good, reports it and starts it
+/// again with backoff, until shutdown.
+async fn supervise(
     h: Arc<RouteHandle>,
     broker: Arc<dyn Broker>,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
+    let mut restarts = 0;
+    loop {
+        let task = AssertUnwindSafe(route_task(
+            h.clone(),
+            broker.clone(),
+            shutdown.clone(),
+            drain,
+        ))
+        .catch_unwind();
+        let reason = match task.await {
+            Ok(Ended::Shutdown) => return,
+            Ok(Ended::Failed(e)) => e.to_string(),
+            Err(panic) => format!("the route's task panicked: {}", panic_text(&*panic)),
+        };
+        restarts += 1;
+        h.failed(reason);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(reconnect_delay(restarts)) => {}
+        }
+    }
+}
+
+/// The message of a panic payload.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_owned(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => "a panic without a message".to_owned(),
+    }
+}
+
+/// Subscribes the route (retrying with backoff until it can), then runs
+/// it.
+async fn route_task(
+    h: Arc<RouteHandle>,
+    broker: Arc<dyn Broker>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> Ended {
     let window = h.cfg.workers.max * WINDOW_FACTOR;
     let mut failures = 0;
     let source = loop {
         let attempt = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ended::Shutdown,
             s = broker.source(&h.cfg, window) => s,
         };
         match attempt {
@@ -217,85 +258,13 @@ async fn route_task(
                 warn!(route = %h.cfg.name, error = %e, "Cannot subscribe yet; retrying.");
                 h.route.stats.error(e.to_string());
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return Ended::Shutdown,
                     _ = tokio::time::sleep(reconnect_delay(failures)) => {}
                 }
             }
         }
     };
-    *h.probe.lock().expect("probe lock") = source.backlog_probe();
-    h.route
-        .stats
-        .subscribed
-        .store(true, AtomicOrdering::Relaxed);
+    h.subscribed(source.backlog_probe());
     info!(route = %h.cfg.name, source = %h.cfg.source.describe(), handler = %h.cfg.handler, "Subscribed.");
-    h.route.clone().run(source, window, shutdown, drain).await;
-}
-
-/// How many scaling decisions `/status` keeps.
-const DECISIONS_KEPT: usize = 64;
-
-/// Samples the backlog every `scale_interval` (or sooner, when a message
-/// waits on an empty pool), resizes the pool, and updates the gauges.
-async fn scale_task(h: Arc<RouteHandle>, shutdown: CancellationToken) {
-    let w = &h.cfg.workers;
-    let route = &h.route;
-    let mut scaler = Scaler::new(w.clone(), tokio::time::Instant::now());
-    route.pool.resize(scaler.current());
-    let mut parked = scaler.current() == 0;
-    if let (true, Some(i)) = (parked, &route.instances) {
-        i.park(true);
-    }
-    let label = h.cfg.name.clone();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(w.scale_interval) => {}
-            _ = route.wake.notified() => {}
-        }
-        let probe = h.probe.lock().expect("probe lock").clone();
-        if let Some(p) = probe {
-            match p.backlog().await {
-                Ok(n) => route.stats.broker_backlog.store(n, AtomicOrdering::Relaxed),
-                Err(e) => route.stats.error(e.to_string()),
-            }
-        }
-        let local = route.local_backlog() as u64;
-        let backlog = route.stats.broker_backlog.load(AtomicOrdering::Relaxed) + local;
-        let mut d = scaler.tick(backlog, tokio::time::Instant::now());
-        d.busy = route.pool.busy();
-        if d.next != d.current {
-            route.pool.resize(d.next);
-            info!(route = %label, backlog = d.backlog, current = d.current, desired = d.desired, next = d.next, busy = d.busy, "Scaled.");
-            let mut kept = h.decisions.lock().expect("decisions lock");
-            if kept.len() == DECISIONS_KEPT {
-                kept.pop_front();
-            }
-            kept.push_back(d);
-        }
-        if let Some(i) = &route.instances {
-            // Scaled to zero: the route's instances go too. Back from zero:
-            // the next instance is a cold start.
-            if (d.next == 0) != parked {
-                parked = d.next == 0;
-                i.park(parked);
-                if parked {
-                    i.reap().await;
-                }
-            }
-        }
-        route
-            .stats
-            .desired
-            .store(d.desired, AtomicOrdering::Relaxed);
-        let busy = route.pool.busy();
-        metrics::gauge!(names::BACKLOG_MESSAGES, "route" => label.clone()).set(backlog as f64);
-        metrics::gauge!(names::WORKERS_DESIRED, "route" => label.clone()).set(d.desired as f64);
-        metrics::gauge!(names::WORKERS, "route" => label.clone(), "state" => "busy")
-            .set(busy as f64);
-        metrics::gauge!(names::WORKERS, "route" => label.clone(), "state" => "idle")
-            .set(route.pool.size().saturating_sub(busy) as f64);
-        metrics::gauge!(names::OLDEST_INFLIGHT_AGE_SECONDS, "route" => label.clone())
-            .set(route.stats.oldest_age_secs());
-    }
+    h.route.clone().run(source, window, shutdown, drain).await
 }

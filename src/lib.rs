@@ -13,4 +13,5 @@ pub mod handler;
 pub mod message;
 pub mod pool;
 pub mod route;
+pub mod state;
 pub mod telemetry;

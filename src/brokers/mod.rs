@@ -31,55 +31,107 @@ use crate::message::{Delivery, Headers, Message};
 /// Every broker kind, one line each.
 pub static KINDS: &[&dyn Kind] = &[&nats::KIND, &kafka::KIND, &amqp::KIND, &memory::KIND];
 
-/// A broker failure, sorted by what the caller can do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// Could not connect (or reconnect).
-    #[error("broker {broker}: cannot connect: {message}")]
-    Connect {
-        /// The broker's config name.
-        broker: String,
-        /// Why.
-        message: String,
-    },
-    /// Topology (stream, consumer, queue, topic) could not be set up.
-    #[error("broker {broker}: {message}")]
-    Setup {
-        /// The broker's config name.
-        broker: String,
-        /// What is missing or refused, and the fix.
-        message: String,
-    },
-    /// Consuming failed; the source retries.
-    #[error("broker {broker}: receive failed: {message}")]
-    Receive {
-        /// The broker's config name.
-        broker: String,
-        /// Why.
-        message: String,
-    },
+/// What kind of broker failure, sorted by what the caller can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerErrorKind {
+    /// Could not connect (or reconnect); comes right by itself.
+    Connect,
+    /// Topology (stream, consumer, queue, topic) could not be set up;
+    /// retried with backoff, as an operator may fix it meanwhile.
+    Setup,
+    /// Consuming failed for now; the source retries.
+    Receive,
     /// An ack or nack did not reach the broker (it will redeliver).
-    #[error("broker {broker}: settle failed: {message}")]
-    Settle {
-        /// The broker's config name.
-        broker: String,
-        /// Why.
-        message: String,
-    },
+    Settle,
+    /// The source is gone for good (a closed subscription, a stopped
+    /// client thread): only a new subscription helps, so the route is
+    /// restarted.
+    Terminal,
     /// Nothing is left to take (`Broker::take` sources end with this).
-    #[error("broker {broker}: nothing left")]
-    Drained {
-        /// The broker's config name.
-        broker: String,
-    },
+    Drained,
     /// The broker cannot do this (e.g. request/reply on Kafka).
-    #[error("broker {broker}: {message}")]
-    Unsupported {
-        /// The broker's config name.
-        broker: String,
-        /// What and why.
-        message: String,
-    },
+    Unsupported,
+}
+
+impl BrokerErrorKind {
+    /// The words the message starts with.
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Connect => "cannot connect: ",
+            Self::Receive => "receive failed: ",
+            Self::Settle => "settle failed: ",
+            Self::Terminal => "the source stopped for good: ",
+            Self::Drained => "nothing left",
+            Self::Setup | Self::Unsupported => "",
+        }
+    }
+}
+
+/// A broker failure: its kind, the broker, what happened and, where there
+/// is one, the client library's own error.
+#[derive(Debug, thiserror::Error)]
+#[error("broker {broker}: {}{message}", kind.prefix())]
+pub struct BrokerError {
+    /// What the caller can do about it.
+    pub kind: BrokerErrorKind,
+    /// The broker's config name.
+    pub broker: String,
+    /// What happened, and the fix where there is one.
+    pub message: String,
+    /// The underlying error.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BrokerError {
+    /// A failure of `kind`.
+    pub fn new(
+        kind: BrokerErrorKind,
+        broker: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            broker: broker.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the client library's error.
+    pub fn with_source(mut self, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        self.source = Some(e.into());
+        self
+    }
+
+    /// See [`BrokerErrorKind::Connect`].
+    pub fn connect(broker: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(BrokerErrorKind::Connect, broker, message)
+    }
+    /// See [`BrokerErrorKind::Setup`].
+    pub fn setup(broker: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(BrokerErrorKind::Setup, broker, message)
+    }
+    /// See [`BrokerErrorKind::Receive`].
+    pub fn receive(broker: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(BrokerErrorKind::Receive, broker, message)
+    }
+    /// See [`BrokerErrorKind::Settle`].
+    pub fn settle(broker: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(BrokerErrorKind::Settle, broker, message)
+    }
+    /// See [`BrokerErrorKind::Terminal`].
+    pub fn terminal(broker: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(BrokerErrorKind::Terminal, broker, message)
+    }
+    /// See [`BrokerErrorKind::Drained`].
+    pub fn drained(broker: impl Into<String>) -> Self {
+        Self::new(BrokerErrorKind::Drained, broker, "")
+    }
+    /// See [`BrokerErrorKind::Unsupported`].
+    pub fn unsupported(broker: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(BrokerErrorKind::Unsupported, broker, message)
+    }
 }
 
 /// Whether a failed publish may succeed if tried again.
@@ -195,22 +247,22 @@ pub trait Broker: Send + Sync {
     /// The error for an endpoint that another kind parsed (a bug: the
     /// config resolves each endpoint with its own broker's kind).
     fn not_mine(&self, at: &Endpoint) -> BrokerError {
-        BrokerError::Setup {
-            broker: self.name().to_owned(),
-            message: format!(
+        BrokerError::setup(
+            self.name(),
+            format!(
                 "endpoint {} was not parsed as a {} endpoint",
                 at.describe(),
                 self.kind()
             ),
-        }
+        )
     }
 
     /// The error for an operation this broker does not offer.
     fn unsupported(&self, what: &str) -> BrokerError {
-        BrokerError::Unsupported {
-            broker: self.name().to_owned(),
-            message: format!("{what} is not supported on {} brokers", self.kind()),
-        }
+        BrokerError::unsupported(
+            self.name(),
+            format!("{what} is not supported on {} brokers", self.kind()),
+        )
     }
 }
 
@@ -224,6 +276,9 @@ pub async fn connect(
 ) -> Result<Arc<dyn Broker>, BrokerError> {
     cfg.spec().connect(name, wait).await
 }
+
+/// How long closing a source or a broker connection may take at shutdown.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Backoff for reconnect and setup loops: 100ms doubling to 10s.
 pub fn reconnect_delay(attempt: u32) -> Duration {

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
 
-use crate::brokers::{self, BrokerError, OutMessage};
+use crate::brokers::{self, BrokerErrorKind, OutMessage};
 use crate::config::{Config, RouteConfig};
 use crate::message::{Headers, Message};
 
@@ -143,7 +143,7 @@ async fn redrive(
         }
         let d = match taker.next().await {
             Ok(d) => d,
-            Err(BrokerError::Drained { .. }) => break Ok(()),
+            Err(e) if e.kind == BrokerErrorKind::Drained => break Ok(()),
             Err(e) => break Err(e.to_string()),
         };
         if !filter

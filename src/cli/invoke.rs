@@ -9,7 +9,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::MessageArgs;
-use crate::brokers::{self, Broker, BrokerError, OutMessage};
+use crate::brokers::{self, Broker, BrokerErrorKind, OutMessage};
 use crate::config::{Config, Endpoint};
 use crate::message::{Message, CORRELATION_HEADER};
 
@@ -80,7 +80,7 @@ pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), String> {
                 Ok(s) => s,
                 // A dead letter that cannot be watched (a plain AMQP queue)
                 // only means a failure shows as a timeout.
-                Err(BrokerError::Unsupported { .. }) => {
+                Err(e) if e.kind == BrokerErrorKind::Unsupported => {
                     eprintln!(
                         "note: the dead letter {} cannot be watched; a failure will show as a timeout",
                         dl.describe()

@@ -23,11 +23,10 @@ impl Unresolved {
     }
 
     fn not_resolved(name: &str) -> BrokerError {
-        BrokerError::Setup {
-            broker: name.to_owned(),
-            message: "the config was not resolved (a bug: load configs with Config::load)"
-                .to_owned(),
-        }
+        BrokerError::setup(
+            name.to_owned(),
+            "the config was not resolved (a bug: load configs with Config::load)".to_owned(),
+        )
     }
 }
 

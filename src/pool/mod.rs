@@ -5,6 +5,7 @@
 //! permits at once and takes busy ones as they come home, so scale-in never
 //! interrupts a running invocation.
 
+pub mod autoscale;
 pub mod instances;
 pub mod scaler;
 

@@ -97,7 +97,7 @@ impl Route {
                 attempt,
                 hint,
             );
-            self.meters.retries.increment(1);
+            self.meters.retried();
             debug!(route = %self.name, attempt, ?delay, error = %error, "Retrying.");
             tokio::select! {
                 biased;
@@ -150,9 +150,7 @@ impl Route {
                 (Err(e), label)
             }
         };
-        self.meters.invoked(label);
-        self.meters.duration.record(elapsed.as_secs_f64());
-        self.meters.billed.charge(elapsed);
+        self.meters.invoked(label, elapsed);
         result
     }
 }

@@ -1,9 +1,12 @@
-//! A route's metric handles, registered once when the route is built.
+//! A route's events: each is emitted once, here, and feeds both its
+//! Prometheus counter and the figure `/status` shows.
 //!
 //! `metrics::counter!` with labels builds a key from cloned label strings
 //! and looks it up in the registry on every call: about a tenth of mqfn's
 //! instructions per message in a profile (docs/benchmarks.md). The handles
 //! here are looked up once; updating one is an atomic add.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{Counter, Histogram};
 
@@ -70,7 +73,8 @@ impl Invocation {
         Invocation::Timeout,
     ];
 
-    fn label(self) -> &'static str {
+    /// The label value.
+    pub fn label(self) -> &'static str {
         match self {
             Invocation::Ok => "ok",
             Invocation::Retry => "retry",
@@ -81,22 +85,40 @@ impl Invocation {
     }
 }
 
-/// The per-message metrics of one route and its handler.
+/// A counter that can also be read: Prometheus handles are write-only.
+struct Tally {
+    counter: Counter,
+    count: AtomicU64,
+}
+
+impl Tally {
+    fn new(counter: Counter) -> Self {
+        Self {
+            counter,
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn add(&self) {
+        self.counter.increment(1);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// The per-message events of one route and its handler.
 pub struct Meters {
-    /// `mqfn_messages_received_total{route}`.
-    pub received: Counter,
-    settled: [Counter; Outcome::ALL.len()],
-    /// `mqfn_retries_total{route}`.
-    pub retries: Counter,
-    /// `mqfn_dead_letters_total{route}`.
-    pub dead_letters: Counter,
-    /// `mqfn_messages_redelivered_total{route}`.
-    pub redelivered: Counter,
+    received: Tally,
+    settled: [Tally; Outcome::ALL.len()],
+    retries: Tally,
+    dead_letters: Tally,
+    redelivered: Tally,
     invocations: [Counter; Invocation::ALL.len()],
-    /// `mqfn_handler_duration_seconds{handler}`.
-    pub duration: Histogram,
-    /// The handler's billing account.
-    pub billed: Account,
+    duration: Histogram,
+    billed: Account,
 }
 
 impl Meters {
@@ -104,14 +126,15 @@ impl Meters {
     pub fn new(route: &str, handler: &str) -> Self {
         let r = route.to_owned();
         let h = handler.to_owned();
+        let tally = Tally::new;
         Self {
-            received: metrics::counter!(names::MESSAGES_RECEIVED_TOTAL, "route" => r.clone()),
+            received: tally(metrics::counter!(names::MESSAGES_RECEIVED_TOTAL, "route" => r.clone())),
             settled: Outcome::ALL.map(|o| {
-                metrics::counter!(names::MESSAGES_SETTLED_TOTAL, "route" => r.clone(), "outcome" => o.label())
+                tally(metrics::counter!(names::MESSAGES_SETTLED_TOTAL, "route" => r.clone(), "outcome" => o.label()))
             }),
-            retries: metrics::counter!(names::RETRIES_TOTAL, "route" => r.clone()),
-            dead_letters: metrics::counter!(names::DEAD_LETTERS_TOTAL, "route" => r.clone()),
-            redelivered: metrics::counter!(names::MESSAGES_REDELIVERED_TOTAL, "route" => r),
+            retries: tally(metrics::counter!(names::RETRIES_TOTAL, "route" => r.clone())),
+            dead_letters: tally(metrics::counter!(names::DEAD_LETTERS_TOTAL, "route" => r.clone())),
+            redelivered: tally(metrics::counter!(names::MESSAGES_REDELIVERED_TOTAL, "route" => r)),
             invocations: Invocation::ALL.map(|i| {
                 metrics::counter!(names::HANDLER_INVOCATIONS_TOTAL, "handler" => h.clone(), "result" => i.label())
             }),
@@ -120,15 +143,70 @@ impl Meters {
         }
     }
 
-    /// Counts a settled message.
-    pub fn settled(&self, outcome: Outcome) {
-        self.settled[outcome as usize].increment(1);
+    /// A message arrived from the source.
+    pub fn received(&self) {
+        self.received.add();
     }
 
-    /// Counts an invocation.
-    pub fn invoked(&self, result: Invocation) {
-        self.invocations[result as usize].increment(1);
+    /// A message was acknowledged with this outcome.
+    pub fn settled(&self, outcome: Outcome) {
+        self.settled[outcome as usize].add();
     }
+
+    /// An attempt failed and will be retried in process.
+    pub fn retried(&self) {
+        self.retries.add();
+    }
+
+    /// A dead letter was published and confirmed.
+    pub fn dead_lettered(&self) {
+        self.dead_letters.add();
+    }
+
+    /// A message was handed back to the broker.
+    pub fn redelivered(&self) {
+        self.redelivered.add();
+    }
+
+    /// One invocation ended with `result` after `elapsed`: counted, timed
+    /// and billed.
+    pub fn invoked(&self, result: Invocation, elapsed: std::time::Duration) {
+        self.invocations[result as usize].increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+        self.billed.charge(elapsed);
+    }
+
+    /// The figures so far, for `/status`.
+    pub fn counts(&self) -> Counts {
+        let settled = |o: Outcome| self.settled[o as usize].get();
+        Counts {
+            received: self.received.get(),
+            succeeded: settled(Outcome::Ok)
+                + settled(Outcome::Replied)
+                + settled(Outcome::Filtered),
+            dead_lettered: self.dead_letters.get(),
+            dropped: settled(Outcome::Dropped),
+            redelivered: self.redelivered.get(),
+            retries: self.retries.get(),
+        }
+    }
+}
+
+/// A route's totals since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Messages received.
+    pub received: u64,
+    /// Acknowledged with a result, a reply, or skipped by the filter.
+    pub succeeded: u64,
+    /// Dead letters published.
+    pub dead_lettered: u64,
+    /// Failed on a route without a dead letter (at-most-once sources).
+    pub dropped: u64,
+    /// Handed back to the broker for redelivery.
+    pub redelivered: u64,
+    /// In-process retries.
+    pub retries: u64,
 }
 
 #[cfg(test)]

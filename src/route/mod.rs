@@ -4,7 +4,7 @@
 mod drive;
 mod invoke;
 pub mod lanes;
-mod meters;
+pub mod meters;
 mod settle;
 pub mod stats;
 
@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 pub use invoke::{backoff, Attempted, Failure};
 
-use crate::brokers::{reconnect_delay, Publisher, Source};
+use crate::brokers::{reconnect_delay, BrokerError, BrokerErrorKind, Publisher, Source};
 use crate::config::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig};
 use crate::message::Delivery;
 use crate::pool::instances::Instances;
@@ -32,6 +32,15 @@ use stats::RouteStats;
 /// workers fed while results are being confirmed, small enough that memory
 /// stays bounded whatever the backlog.
 pub const WINDOW_FACTOR: usize = 2;
+
+/// Why [`Route::run`] returned.
+#[derive(Debug)]
+pub enum Ended {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The source failed for good; the route must subscribe anew.
+    Failed(BrokerError),
+}
 
 /// A destination with the publisher that reaches it.
 #[derive(Clone)]
@@ -67,7 +76,8 @@ pub struct Route {
     pub wake: tokio::sync::Notify,
     /// The handler's instance pool, when its kind keeps instances.
     pub instances: Option<Arc<dyn Instances>>,
-    meters: meters::Meters,
+    /// The route's events, counted once for metrics and `/status`.
+    pub meters: meters::Meters,
 }
 
 type Queued = (Delivery, OwnedSemaphorePermit);
@@ -123,16 +133,17 @@ impl Route {
         self.stats.inflight().saturating_sub(self.pool.busy()) + self.lanes.queued()
     }
 
-    /// Consumes `source` until `shutdown`, then drains: stops fetching, lets
-    /// running invocations finish and settle within `drain`, and hands the
-    /// rest back to the broker.
+    /// Consumes `source` until `shutdown` or until the source fails for
+    /// good, then drains: stops fetching, lets running invocations finish
+    /// and settle within `drain`, and hands the rest back to the broker.
     pub async fn run(
         self: Arc<Self>,
         mut source: Box<dyn Source>,
         window: usize,
         shutdown: CancellationToken,
         drain: Duration,
-    ) {
+    ) -> Ended {
+        let mut ended = Ended::Shutdown;
         let inflight = Arc::new(Semaphore::new(window));
         let tracker = TaskTracker::new();
         let drivers = Drivers::start(Drivers::for_runtime(), &tracker);
@@ -151,11 +162,12 @@ impl Route {
             match next {
                 Ok(d) => {
                     failures = 0;
-                    self.meters.received.increment(1);
-                    self.stats
-                        .received
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.meters.received();
                     self.dispatch(d, permit, &drivers, &shutdown);
+                }
+                Err(e) if e.kind == BrokerErrorKind::Terminal => {
+                    ended = Ended::Failed(e);
+                    break;
                 }
                 Err(e) => {
                     warn!(route = %self.name, error = %e, "Receive failed; retrying.");
@@ -178,13 +190,14 @@ impl Route {
                 "Shutdown timeout reached; unfinished messages will be redelivered by the broker."
             );
         }
-        if tokio::time::timeout(crate::app::CLOSE_TIMEOUT, source.close())
+        if tokio::time::timeout(crate::brokers::CLOSE_TIMEOUT, source.close())
             .await
             .is_err()
         {
             warn!(route = %self.name, "The source did not close in time.");
         }
         info!(route = %self.name, "Drained.");
+        ended
     }
 
     fn dispatch(

@@ -1,7 +1,6 @@
 //! After the handler: publish outputs, the reply or the dead letter, wait
 //! for the broker's confirmation, and only then acknowledge the input.
 
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::{Duration, SystemTime};
 
 use mqfn_handlers::{HandlerError, Output};
@@ -140,10 +139,7 @@ impl Route {
         }
         match result {
             Ok(()) => {
-                self.meters.dead_letters.increment(1);
-                self.stats
-                    .dead_lettered
-                    .fetch_add(1, AtomicOrdering::Relaxed);
+                self.meters.dead_lettered();
                 warn!(route = %self.name, attempts = f.attempts, error = %f.error, "Dead-lettered.");
                 self.ack(d, Outcome::DeadLettered).await;
             }
@@ -195,9 +191,6 @@ impl Route {
         match d.settle.ack().await {
             Ok(()) => {
                 self.meters.settled(outcome);
-                if outcome != Outcome::DeadLettered {
-                    self.stats.succeeded.fetch_add(1, AtomicOrdering::Relaxed);
-                }
             }
             Err(e) => {
                 // The broker will redeliver; the results are already out, so
@@ -209,8 +202,7 @@ impl Route {
     }
 
     async fn nack(&self, d: &Delivery, delay: Duration) {
-        self.meters.redelivered.increment(1);
-        self.stats.redelivered.fetch_add(1, AtomicOrdering::Relaxed);
+        self.meters.redelivered();
         if let Err(e) = d.settle.nack(delay).await {
             warn!(route = %self.name, error = %e, "Nack failed; the broker redelivers after its ack timeout.");
         }

@@ -14,20 +14,12 @@ pub struct RouteStats {
     /// its insert and remove index a vector (a SipHash per message showed
     /// in the profile).
     inflight: Mutex<Slab<Instant>>,
-    /// Messages received.
-    pub received: AtomicU64,
-    /// Messages settled with a result, reply or filter.
-    pub succeeded: AtomicU64,
-    /// Messages dead-lettered.
-    pub dead_lettered: AtomicU64,
-    /// Messages handed back to the broker.
-    pub redelivered: AtomicU64,
     /// The latest broker backlog figure.
     pub broker_backlog: AtomicU64,
     /// Workers the autoscaler wants.
     pub desired: AtomicUsize,
     /// Whether the source is subscribed.
-    pub subscribed: AtomicBool,
+    subscribed: AtomicBool,
     last_error: Mutex<Option<(SystemTime, String)>>,
 }
 
@@ -63,6 +55,17 @@ impl RouteStats {
             .map(|(_, t)| t)
             .map(|t| now.saturating_duration_since(*t).as_secs_f64())
             .fold(0.0, f64::max)
+    }
+
+    /// Marks the source subscribed, or not.
+    pub fn set_subscribed(&self, on: bool) {
+        self.subscribed
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the source is subscribed.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records an error for `/status` (the text never goes into a label).

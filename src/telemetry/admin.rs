@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 #[derive(Clone)]
 struct Shared {
@@ -48,32 +48,12 @@ async fn metrics_page(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    if s.app.ready() {
-        (StatusCode::OK, "ready\n".to_owned())
-    } else {
-        let down: Vec<String> = s
-            .app
-            .brokers
-            .values()
-            .filter(|b| !b.is_up())
-            .map(|b| format!("broker {} is down", b.name()))
-            .chain(
-                s.app
-                    .routes
-                    .iter()
-                    .filter(|r| {
-                        !r.route
-                            .stats
-                            .subscribed
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                    })
-                    .map(|r| format!("route {} is not subscribed", r.cfg.name)),
-            )
-            .collect();
-        (
+    match s.app.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(down) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", down.join("; ")),
-        )
+        ),
     }
 }
 

@@ -38,6 +38,9 @@ pub const WARM_STARTS_TOTAL: &str = "mqfn_warm_starts_total";
 pub const PUBLISH_ERRORS_TOTAL: &str = "mqfn_publish_errors_total";
 /// 1 while the broker connection is up, by `broker`.
 pub const BROKER_UP: &str = "mqfn_broker_up";
+/// Restarts of a route after its task panicked or its source failed for
+/// good, by `route`.
+pub const ROUTE_RESTARTS_TOTAL: &str = "mqfn_route_restarts_total";
 /// Kafka consumer lag (high watermark − position), by `route` and
 /// `partition` (bounded by the topic's partition count).
 pub const KAFKA_PARTITION_LAG: &str = "mqfn_kafka_partition_lag_messages";
@@ -89,6 +92,10 @@ pub fn describe() {
         "Publishes the broker did not confirm."
     );
     describe_gauge!(BROKER_UP, "1 while the broker connection is up.");
+    describe_counter!(
+        ROUTE_RESTARTS_TOTAL,
+        "Route restarts after a panic or a source that failed for good."
+    );
     describe_gauge!(
         KAFKA_PARTITION_LAG,
         "Kafka consumer lag per partition: high watermark minus position."

@@ -5,9 +5,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::pool::instances::InstanceCounts;
 use crate::pool::scaler::Decision;
+use crate::state::AppState;
 
 /// The whole status document.
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,6 +42,13 @@ pub struct RouteStatus {
     pub handler: String,
     /// Subscribed to its source.
     pub subscribed: bool,
+    /// Times the route was restarted after a panic or a source that
+    /// failed for good.
+    #[serde(default)]
+    pub restarts: u64,
+    /// Why the route is down and restarting, while it is.
+    #[serde(default)]
+    pub failure: Option<LastError>,
     /// Workers now, wanted, busy, and the bounds.
     pub workers: Workers,
     /// Broker backlog plus local buffer.
@@ -56,6 +63,9 @@ pub struct RouteStatus {
     pub succeeded: u64,
     /// Dead-lettered.
     pub dead_lettered: u64,
+    /// Failed with no dead letter to go to (at-most-once sources).
+    #[serde(default)]
+    pub dropped: u64,
     /// Handed back to the broker.
     pub redelivered: u64,
     /// The latest error and its time (RFC 3339).
@@ -111,11 +121,17 @@ pub fn snapshot(app: &AppState) -> Status {
             .map(|h| {
                 let r = &h.route;
                 let s = &r.stats;
+                let counts = r.meters.counts();
                 RouteStatus {
                     name: h.cfg.name.clone(),
                     source: h.cfg.source.describe(),
                     handler: h.cfg.handler.clone(),
-                    subscribed: s.subscribed.load(Ordering::Relaxed),
+                    subscribed: s.is_subscribed(),
+                    restarts: h.restarts(),
+                    failure: h.failure().map(|(at, message)| LastError {
+                        at: rfc3339(at),
+                        message,
+                    }),
                     workers: Workers {
                         current: r.pool.size(),
                         busy: r.pool.busy(),
@@ -126,21 +142,16 @@ pub fn snapshot(app: &AppState) -> Status {
                     backlog: s.broker_backlog.load(Ordering::Relaxed) + r.local_backlog() as u64,
                     inflight: s.inflight(),
                     oldest_inflight_age_seconds: s.oldest_age_secs(),
-                    received: s.received.load(Ordering::Relaxed),
-                    succeeded: s.succeeded.load(Ordering::Relaxed),
-                    dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
-                    redelivered: s.redelivered.load(Ordering::Relaxed),
+                    received: counts.received,
+                    succeeded: counts.succeeded,
+                    dead_lettered: counts.dead_lettered,
+                    dropped: counts.dropped,
+                    redelivered: counts.redelivered,
                     last_error: s.last_error().map(|(at, message)| LastError {
                         at: rfc3339(at),
                         message,
                     }),
-                    decisions: h
-                        .decisions
-                        .lock()
-                        .expect("decisions lock")
-                        .iter()
-                        .copied()
-                        .collect(),
+                    decisions: h.decisions(),
                     instances: r.instances.as_ref().map(|i| i.counts()),
                 }
             })

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::topology;
 use super::AmqpConfig;
-use crate::brokers::{reconnect_delay, BrokerError};
+use crate::brokers::{reconnect_delay, BrokerError, BrokerErrorKind};
 use crate::telemetry::{names, redact_url};
 
 /// How long one connection attempt may take.
@@ -88,10 +88,7 @@ impl Link {
     }
 
     pub(super) fn receive_err(&self, message: impl Into<String>) -> BrokerError {
-        BrokerError::Receive {
-            broker: self.broker.clone(),
-            message: message.into(),
-        }
+        BrokerError::receive(self.broker.clone(), message.into())
     }
 
     fn set(&self, conn: Option<Arc<Connection>>, why: &str) {
@@ -129,10 +126,10 @@ impl Link {
         };
         let Some(conn) = conn else {
             let why = self.last_error.lock().expect("last error lock").clone();
-            return Err(BrokerError::Connect {
-                broker: self.broker.clone(),
-                message: format!("not connected ({why})"),
-            });
+            return Err(BrokerError::connect(
+                self.broker.clone(),
+                format!("not connected ({why})"),
+            ));
         };
         conn.create_channel()
             .await
@@ -141,10 +138,7 @@ impl Link {
 
     /// Connects and declares the topology.
     async fn open(&self) -> Result<Connection, BrokerError> {
-        let err = |message: String| BrokerError::Connect {
-            broker: self.broker.clone(),
-            message,
-        };
+        let err = |message: String| BrokerError::connect(self.broker.clone(), message);
         let props = ConnectionProperties::default()
             .with_connection_name(connection_name(&self.broker, "consume").into());
         let url = redact_url(&self.cfg.url);
@@ -218,11 +212,9 @@ pub(super) async fn supervise(
                 }
                 failures += 1;
                 warn!(broker = %link.broker, error = %e, "Cannot connect to AMQP yet; retrying.");
-                let why = match &e {
-                    BrokerError::Connect { message, .. } | BrokerError::Setup { message, .. } => {
-                        message.clone()
-                    }
-                    other => other.to_string(),
+                let why = match e.kind {
+                    BrokerErrorKind::Connect | BrokerErrorKind::Setup => e.message.clone(),
+                    _ => e.to_string(),
                 };
                 *link.last_error.lock().expect("last error lock") = why;
                 tokio::select! {

@@ -97,9 +97,7 @@ impl TakeSource {
 #[async_trait]
 impl Source for TakeSource {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
-        let drained = || BrokerError::Drained {
-            broker: self.link.broker.clone(),
-        };
+        let drained = || BrokerError::drained(self.link.broker.clone());
         if self.left == 0 {
             return Err(drained());
         }
@@ -134,10 +132,7 @@ impl Settle for Taken {
             .ack(Default::default())
             .await
             .map(|_| ())
-            .map_err(|e| BrokerError::Settle {
-                broker: self.0.clone(),
-                message: e.to_string(),
-            })
+            .map_err(|e| BrokerError::settle(self.0.clone(), e.to_string()).with_source(e))
     }
 
     async fn nack(&self, _delay: Duration) -> Result<(), BrokerError> {

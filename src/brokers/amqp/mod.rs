@@ -60,9 +60,8 @@ impl AmqpBroker {
         let (tx, rx) = oneshot::channel();
         let supervisor = tokio::spawn(supervise(link.clone(), stop.clone(), wait.then_some(tx)));
         if wait {
-            rx.await.map_err(|_| BrokerError::Connect {
-                broker: name.to_owned(),
-                message: "the connection task ended".to_owned(),
+            rx.await.map_err(|_| {
+                BrokerError::connect(name.to_owned(), "the connection task ended".to_owned())
             })??;
         }
         Ok(Self {
@@ -81,9 +80,11 @@ impl AmqpBroker {
         bind: Option<(&str, &str)>,
     ) -> Result<(String, BoxStream<'static, Message>), BrokerError> {
         let ch = self.link.channel(Some(UP_WAIT)).await?;
-        let fail = |what: &str, e: lapin::Error| BrokerError::Setup {
-            broker: self.name.clone(),
-            message: format!("cannot {what}: {}", topology::reason(&e)),
+        let fail = |what: &str, e: lapin::Error| {
+            BrokerError::setup(
+                self.name.clone(),
+                format!("cannot {what}: {}", topology::reason(&e)),
+            )
         };
         let opts = QueueDeclareOptions {
             exclusive: true,
@@ -98,10 +99,7 @@ impl AmqpBroker {
         if let Some((exchange, key)) = bind {
             let names =
                 short("exchange", exchange).and_then(|x| Ok((x, short("routing key", key)?)));
-            let (x, k) = names.map_err(|m| BrokerError::Setup {
-                broker: self.name.clone(),
-                message: m,
-            })?;
+            let (x, k) = names.map_err(|m| BrokerError::setup(self.name.clone(), m))?;
             ch.queue_bind(
                 q.name().clone(),
                 x,
@@ -180,16 +178,16 @@ impl Broker for AmqpBroker {
     /// taking messages from its consumers, so that is refused.
     async fn tap(&self, at: &Endpoint) -> Result<BoxStream<'static, Message>, BrokerError> {
         let Some(exchange) = at.get::<AmqpTarget>().and_then(|t| t.exchange.as_ref()) else {
-            return Err(BrokerError::Unsupported {
-                broker: self.name.clone(),
-                message: format!(
+            return Err(BrokerError::unsupported(
+                self.name.clone(),
+                format!(
                     "cannot watch queue {:?} without taking its messages from its consumers; \
                      publish there through an exchange (exchange = \"...\", routing_key = \"...\", \
                      bound to the queue) or leave the route without an output so that results \
                      come back as RPC replies",
                     at.address()
                 ),
-            });
+            ));
         };
         let (_, key) = sink::route_of(at).unwrap_or_default();
         let (_, stream) = self.private_queue(Some((exchange, key))).await?;

@@ -157,9 +157,11 @@ impl AmqpPublisher {
     /// A publisher for `url`. Connects lazily, on the first publish, and
     /// reconnects on the next publish after a loss.
     pub(super) fn new(broker: &str, url: &str) -> Result<Self, BrokerError> {
-        let setup = |e: String| BrokerError::Setup {
-            broker: broker.to_owned(),
-            message: format!("cannot set up the publishing pool: {e}"),
+        let setup = |e: String| {
+            BrokerError::setup(
+                broker.to_owned(),
+                format!("cannot set up the publishing pool: {e}"),
+            )
         };
         let name = super::connection::connection_name(broker, "publish");
         let connections = deadpool_lapin::Config {

@@ -97,10 +97,7 @@ impl AmqpSource {
 
     async fn subscribe(&mut self, wait: Option<Duration>) -> Result<(), BrokerError> {
         let ch = self.link.channel(wait).await?;
-        let setup = |message: String| BrokerError::Setup {
-            broker: self.link.broker.clone(),
-            message,
-        };
+        let setup = |message: String| BrokerError::setup(self.link.broker.clone(), message);
         ch.basic_qos(self.prefetch, BasicQosOptions { global: false })
             .await
             .map_err(|e| {
@@ -230,10 +227,7 @@ impl AmqpSettle {
             Ok(false) => "the channel closed; the broker redelivers the message".to_owned(),
             Err(e) => e.to_string(),
         };
-        Err(BrokerError::Settle {
-            broker: self.link.broker.clone(),
-            message,
-        })
+        Err(BrokerError::settle(self.link.broker.clone(), message))
     }
 }
 

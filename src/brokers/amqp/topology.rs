@@ -18,10 +18,7 @@ pub(super) async fn declare(
     broker: &str,
     cfg: &AmqpConfig,
 ) -> Result<(), BrokerError> {
-    let setup = |message: String| BrokerError::Setup {
-        broker: broker.to_owned(),
-        message,
-    };
+    let setup = |message: String| BrokerError::setup(broker.to_owned(), message);
     let ch = conn.create_channel().await.map_err(|e| {
         setup(format!(
             "cannot open a channel to declare the topology: {e}"

@@ -69,17 +69,11 @@ impl Topics {
             .map_err(|e| KafkaError::AdminOpCreation(e.to_string()));
         match exists {
             Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => Err(BrokerError::Setup {
-                broker: self.broker.clone(),
-                message: format!(
+            Ok(Ok(false)) => Err(BrokerError::setup(self.broker.clone(), format!(
                     "topic {topic} does not exist; create it, or add `create = {{ partitions = N }}` \
                      to the endpoint so that mqfn creates it"
-                ),
-            }),
-            Ok(Err(e)) | Err(e) => Err(BrokerError::Setup {
-                broker: self.broker.clone(),
-                message: format!("cannot look up topic {topic}: {e}"),
-            }),
+                ))),
+            Ok(Err(e)) | Err(e) => Err(BrokerError::setup(self.broker.clone(), format!("cannot look up topic {topic}: {e}"))),
         }
     }
 
@@ -96,10 +90,7 @@ impl Topics {
         if self.done(topic) {
             return Ok(());
         }
-        let setup = |message: String| BrokerError::Setup {
-            broker: self.broker.clone(),
-            message,
-        };
+        let setup = |message: String| BrokerError::setup(self.broker.clone(), message);
         let exists = {
             let (p, t) = (producer.clone(), topic.to_owned());
             tokio::task::spawn_blocking(move || topic_exists(p.client(), &t))

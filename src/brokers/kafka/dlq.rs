@@ -48,9 +48,11 @@ struct Reader {
 impl Reader {
     /// Blocking: looks the topic up and assigns it at the cursor.
     fn open(broker: &str, cfg: &KafkaConfig, topic: &str) -> Result<Self, BrokerError> {
-        let fail = |e: KafkaError| BrokerError::Receive {
-            broker: broker.to_owned(),
-            message: format!("cannot read dead letters on {topic}: {e}"),
+        let fail = |e: KafkaError| {
+            BrokerError::receive(
+                broker.to_owned(),
+                format!("cannot read dead letters on {topic}: {e}"),
+            )
         };
         let mut config = base_config(cfg, &[("enable.partition.eof", "true")]);
         config
@@ -108,10 +110,9 @@ impl Reader {
                     self.done.insert(p);
                 }
                 Some(Err(e)) => {
-                    return Err(BrokerError::Receive {
-                        broker: self.broker.clone(),
-                        message: e.to_string(),
-                    })
+                    return Err(
+                        BrokerError::receive(self.broker.clone(), e.to_string()).with_source(e)
+                    )
                 }
                 Some(Ok(m)) => {
                     idle = Instant::now();
@@ -158,10 +159,7 @@ async fn read(reader: &mut Option<Reader>, broker: &str) -> Result<Option<Record
         (r, got)
     })
     .await
-    .map_err(|e| BrokerError::Receive {
-        broker: broker.to_owned(),
-        message: e.to_string(),
-    })?;
+    .map_err(|e| BrokerError::receive(broker.to_owned(), e.to_string()).with_source(e))?;
     *reader = Some(r);
     got
 }
@@ -176,10 +174,7 @@ pub async fn browse(
     let (b, c, t) = (broker.to_owned(), cfg.clone(), topic.to_owned());
     let r = tokio::task::spawn_blocking(move || Reader::open(&b, &c, &t))
         .await
-        .map_err(|e| BrokerError::Receive {
-            broker: broker.to_owned(),
-            message: e.to_string(),
-        })??;
+        .map_err(|e| BrokerError::receive(broker.to_owned(), e.to_string()).with_source(e))??;
     let mut reader = Some(r);
     let mut out = Vec::new();
     while out.len() < limit {
@@ -239,10 +234,7 @@ impl Cursor {
     }
 
     fn settle_err(&self, message: String) -> BrokerError {
-        BrokerError::Settle {
-            broker: self.broker.clone(),
-            message,
-        }
+        BrokerError::settle(self.broker.clone(), message)
     }
 }
 
@@ -275,10 +267,7 @@ impl TakeSource {
         let (b, c, t) = (broker.to_owned(), cfg.clone(), topic.to_owned());
         let reader = tokio::task::spawn_blocking(move || Reader::open(&b, &c, &t))
             .await
-            .map_err(|e| BrokerError::Receive {
-                broker: broker.to_owned(),
-                message: e.to_string(),
-            })??;
+            .map_err(|e| BrokerError::receive(broker.to_owned(), e.to_string()).with_source(e))??;
         let cursor = Arc::new(Cursor {
             broker: broker.to_owned(),
             topic: topic.to_owned(),
@@ -303,9 +292,7 @@ impl Source for TakeSource {
             offset,
         }) = read(&mut self.reader, &self.broker).await?
         else {
-            return Err(BrokerError::Drained {
-                broker: self.broker.clone(),
-            });
+            return Err(BrokerError::drained(self.broker.clone()));
         };
         self.cursor
             .handed

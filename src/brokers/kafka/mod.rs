@@ -73,21 +73,18 @@ impl KafkaBroker {
         };
         let producer: FutureProducer<LogContext> = producer_config(name, cfg)
             .create_with_context(ctx)
-            .map_err(|e| BrokerError::Connect {
-                broker: name.to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| BrokerError::connect(name.to_owned(), e.to_string()).with_source(e))?;
         let topics = Arc::new(Topics::new(name, cfg));
         if wait {
             if !admin::ping(producer.clone(), REQUEST_TIMEOUT).await {
-                return Err(BrokerError::Connect {
-                    broker: name.to_owned(),
-                    message: format!(
+                return Err(BrokerError::connect(
+                    name.to_owned(),
+                    format!(
                         "no answer from {} within {}s; is the broker running and bootstrap right?",
                         cfg.bootstrap,
                         REQUEST_TIMEOUT.as_secs()
                     ),
-                });
+                ));
             }
             set_up(&up, name, true);
         }
@@ -239,12 +236,12 @@ impl Broker for KafkaBroker {
     }
 
     async fn inbox(&self) -> Result<(String, BoxStream<'static, Message>), BrokerError> {
-        Err(BrokerError::Unsupported {
-            broker: self.name.clone(),
-            message: "Kafka has no reply channel; give the route an `output` so that \
+        Err(BrokerError::unsupported(
+            self.name.clone(),
+            "Kafka has no reply channel; give the route an `output` so that \
                       `mqfn invoke` can wait for the result there"
                 .to_owned(),
-        })
+        ))
     }
 
     async fn close(&self) {

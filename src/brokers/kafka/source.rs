@@ -70,9 +70,11 @@ impl KafkaSource {
         config: &ClientConfig,
         window: usize,
     ) -> Result<Self, BrokerError> {
-        let setup = |message: String| BrokerError::Setup {
-            broker: broker.to_owned(),
-            message: format!("route {}: {message}", route.name),
+        let setup = |message: String| {
+            BrokerError::setup(
+                broker.to_owned(),
+                format!("route {}: {message}", route.name),
+            )
         };
         let topic = src.topic.as_str();
         let tracker = Arc::new(Tracker::new(cfg.partition_window));
@@ -139,10 +141,7 @@ impl KafkaSource {
     }
 
     fn receive_err(&self, message: String) -> BrokerError {
-        BrokerError::Receive {
-            broker: self.broker.clone(),
-            message,
-        }
+        BrokerError::receive(self.broker.clone(), message)
     }
 }
 
@@ -166,7 +165,12 @@ impl Source for KafkaSource {
                         }
                     }
                     Some(Polled::Error(e)) => return Err(self.receive_err(e)),
-                    None => return Err(self.receive_err("the consumer thread stopped".to_owned())),
+                    // The poll thread ended: this consumer can never deliver
+                    // again; the route subscribes anew.
+                    None => return Err(BrokerError::terminal(
+                        self.broker.clone(),
+                        "the consumer thread stopped",
+                    )),
                 },
                 Some(r) = self.retry_rx.recv() => self.park(r),
                 _ = tokio::time::sleep_until(wake.unwrap_or(far)), if wake.is_some() => {}

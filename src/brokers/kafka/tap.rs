@@ -26,9 +26,11 @@ pub async fn open(
     cfg: &KafkaConfig,
     topic: &str,
 ) -> Result<BoxStream<'static, Message>, BrokerError> {
-    let err = |message: String| BrokerError::Receive {
-        broker: broker.to_owned(),
-        message: format!("cannot watch topic {topic}: {message}"),
+    let err = |message: String| {
+        BrokerError::receive(
+            broker.to_owned(),
+            format!("cannot watch topic {topic}: {message}"),
+        )
     };
     let mut config = base_config(cfg, &[("enable.partition.eof", "false")]);
     config

@@ -95,6 +95,15 @@ impl Broker for MemoryBroker {
         _window: usize,
     ) -> Result<Box<dyn Source>, BrokerError> {
         let queue = self.queue_of(&route.source)?;
+        if queue.subscribe_fault() {
+            return Err(BrokerError::setup(
+                &self.name,
+                format!(
+                    "queue {} refused the subscription (a scripted fault)",
+                    queue.name()
+                ),
+            ));
+        }
         Ok(Box::new(source::MemorySource::new(queue, &route.name)))
     }
 

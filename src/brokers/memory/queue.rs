@@ -31,6 +31,9 @@ struct State {
     refuse_publishes: usize,
     fail_publishes: usize,
     fail_settles: usize,
+    end_receives: usize,
+    panic_receives: usize,
+    refuse_subscribes: usize,
     acked: u64,
 }
 
@@ -113,6 +116,48 @@ impl Queue {
         self.state().fail_settles = n;
     }
 
+    /// The next `n` receives end the subscription for good, as a closed
+    /// subscription or a stopped client thread does.
+    pub fn end_receives(&self, n: usize) {
+        self.state().end_receives = n;
+    }
+
+    /// The next `n` receives panic (a bug in a source).
+    pub fn panic_receives(&self, n: usize) {
+        self.state().panic_receives = n;
+    }
+
+    /// The next `n` subscriptions are refused, as a missing stream or
+    /// queue would be.
+    pub fn refuse_subscribes(&self, n: usize) {
+        self.state().refuse_subscribes = n;
+    }
+
+    /// Takes one scripted receive fault: `Some(true)` to panic,
+    /// `Some(false)` to end for good.
+    pub(super) fn receive_fault(&self) -> Option<bool> {
+        let mut s = self.state();
+        if s.panic_receives > 0 {
+            s.panic_receives -= 1;
+            return Some(true);
+        }
+        if s.end_receives > 0 {
+            s.end_receives -= 1;
+            return Some(false);
+        }
+        None
+    }
+
+    /// Takes one scripted subscribe fault.
+    pub(super) fn subscribe_fault(&self) -> bool {
+        let mut s = self.state();
+        let refused = s.refuse_subscribes > 0;
+        if refused {
+            s.refuse_subscribes -= 1;
+        }
+        refused
+    }
+
     /// Messages waiting (ready or delayed), not in flight.
     pub fn len(&self) -> usize {
         let s = self.state();
@@ -141,7 +186,7 @@ impl Queue {
 
     /// Waits until nothing waits and nothing is in flight.
     pub async fn wait_settled(&self) {
-        self.wait_until(|q| q.len() == 0 && q.inflight() == 0).await;
+        self.wait_until(|q| q.is_empty() && q.inflight() == 0).await;
     }
 
     /// Waits until `done` holds; re-checked on every change.
@@ -216,6 +261,8 @@ impl Queue {
         };
         m.deliveries += 1;
         s.inflight.insert(m.seq, m.clone());
+        drop(s);
+        self.changed.notify_waiters();
         Ok(m)
     }
 

@@ -29,6 +29,16 @@ impl MemorySource {
 #[async_trait]
 impl Source for MemorySource {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
+        match self.queue.receive_fault() {
+            Some(true) => panic!("a scripted panic in the memory source"),
+            Some(false) => {
+                return Err(BrokerError::terminal(
+                    self.queue.name(),
+                    "the subscription ended (a scripted fault)",
+                ))
+            }
+            None => {}
+        }
         let m = self.queue.next().await;
         let msg = self.queue.message(&m, &self.route);
         Ok(Delivery::new(msg, Box::new(Token::new(&self.queue, &m))))
@@ -70,9 +80,11 @@ impl Token {
     fn done(&self, nack: Option<Duration>) -> Result<(), BrokerError> {
         self.queue
             .settle(self.seq, self.delivery, nack)
-            .map_err(|()| BrokerError::Settle {
-                broker: self.queue.name().to_owned(),
-                message: "not confirmed (a scripted fault); the message is redelivered".to_owned(),
+            .map_err(|()| {
+                BrokerError::settle(
+                    self.queue.name().to_owned(),
+                    "not confirmed (a scripted fault); the message is redelivered".to_owned(),
+                )
             })
     }
 }
@@ -124,9 +136,7 @@ impl Source for TakeSource {
                 return Ok(Delivery::new(msg, Box::new(Token::new(&self.queue, &m))));
             }
         }
-        Err(BrokerError::Drained {
-            broker: self.broker.clone(),
-        })
+        Err(BrokerError::drained(self.broker.clone()))
     }
 
     fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>> {

@@ -18,10 +18,7 @@ pub async fn stream_for(
     js: &jetstream::Context,
     subject: &str,
 ) -> Result<jetstream::stream::Stream, BrokerError> {
-    let setup = |message: String| BrokerError::Setup {
-        broker: broker.to_owned(),
-        message,
-    };
+    let setup = |message: String| BrokerError::setup(broker.to_owned(), message);
     let name = js
         .stream_by_subject(subject)
         .await
@@ -46,10 +43,7 @@ async fn reader(
             ..Default::default()
         })
         .await
-        .map_err(|e| BrokerError::Setup {
-            broker: broker.to_owned(),
-            message: format!("cannot read {subject:?}: {e}"),
-        })
+        .map_err(|e| BrokerError::setup(broker.to_owned(), format!("cannot read {subject:?}: {e}")))
 }
 
 fn to_message(stream: &str, m: &jetstream::Message) -> Message {
@@ -82,10 +76,7 @@ pub async fn browse(
             .max_messages((limit - out.len()).min(500))
             .messages()
             .await
-            .map_err(|e| BrokerError::Receive {
-                broker: broker.to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| BrokerError::receive(broker.to_owned(), e.to_string()).with_source(e))?;
         let before = out.len();
         while let Some(Ok(m)) = batch.next().await {
             out.push(to_message(&name, &m));
@@ -133,9 +124,7 @@ impl TakeSource {
 impl Source for TakeSource {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
         if self.left == 0 {
-            return Err(BrokerError::Drained {
-                broker: self.broker.clone(),
-            });
+            return Err(BrokerError::drained(self.broker.clone()));
         }
         self.left -= 1;
         let mut batch = self
@@ -144,10 +133,7 @@ impl Source for TakeSource {
             .max_messages(1)
             .messages()
             .await
-            .map_err(|e| BrokerError::Receive {
-                broker: self.broker.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| BrokerError::receive(self.broker.clone(), e.to_string()).with_source(e))?;
         match batch.next().await {
             Some(Ok(m)) => {
                 let msg = to_message(&self.name, &m);
@@ -160,13 +146,10 @@ impl Source for TakeSource {
                 };
                 Ok(Delivery::new(msg, Box::new(settle)))
             }
-            Some(Err(e)) => Err(BrokerError::Receive {
-                broker: self.broker.clone(),
-                message: e.to_string(),
-            }),
-            None => Err(BrokerError::Drained {
-                broker: self.broker.clone(),
-            }),
+            Some(Err(e)) => {
+                Err(BrokerError::receive(self.broker.clone(), e.to_string()).with_source(e))
+            }
+            None => Err(BrokerError::drained(self.broker.clone())),
         }
     }
 
@@ -188,9 +171,11 @@ impl Settle for Taken {
         self.stream
             .delete_message(self.sequence)
             .await
-            .map_err(|e| BrokerError::Settle {
-                broker: self.broker.clone(),
-                message: format!("cannot delete message {}: {e}", self.sequence),
+            .map_err(|e| {
+                BrokerError::settle(
+                    self.broker.clone(),
+                    format!("cannot delete message {}: {e}", self.sequence),
+                )
             })?;
         let _ = self.msg.ack().await;
         Ok(())

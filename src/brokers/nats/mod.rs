@@ -94,10 +94,7 @@ impl NatsBroker {
     /// Connects. With `wait` false the connection is made in the background
     /// and retried for ever, so that `run` starts while NATS is down.
     pub async fn connect(name: &str, cfg: &NatsConfig, wait: bool) -> Result<Self, BrokerError> {
-        let err = |message: String| BrokerError::Connect {
-            broker: name.to_owned(),
-            message,
-        };
+        let err = |message: String| BrokerError::connect(name.to_owned(), message);
         let mut opts = match (&cfg.credentials_file, &cfg.nkey_file) {
             (Some(path), _) => async_nats::ConnectOptions::with_credentials_file(path)
                 .await
@@ -190,12 +187,12 @@ async fn ensure_streams(
             max_age: s.max_age.unwrap_or_default(),
             ..Default::default()
         };
-        js.get_or_create_stream(config)
-            .await
-            .map_err(|e| BrokerError::Setup {
-                broker: broker.to_owned(),
-                message: format!("cannot create or bind stream {}: {e}", s.name),
-            })?;
+        js.get_or_create_stream(config).await.map_err(|e| {
+            BrokerError::setup(
+                broker.to_owned(),
+                format!("cannot create or bind stream {}: {e}", s.name),
+            )
+        })?;
     }
     Ok(())
 }
@@ -278,21 +275,14 @@ impl Broker for NatsBroker {
 
     async fn tap(&self, at: &Endpoint) -> Result<BoxStream<'static, Message>, BrokerError> {
         let subject = at.address();
-        let sub = self
-            .client
-            .subscribe(subject)
-            .await
-            .map_err(|e| BrokerError::Receive {
-                broker: self.name.clone(),
-                message: e.to_string(),
+        let sub =
+            self.client.subscribe(subject).await.map_err(|e| {
+                BrokerError::receive(self.name.clone(), e.to_string()).with_source(e)
             })?;
         self.client
             .flush()
             .await
-            .map_err(|e| BrokerError::Receive {
-                broker: self.name.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| BrokerError::receive(self.name.clone(), e.to_string()).with_source(e))?;
         Ok(sub.map(|m| core_message(m, "")).boxed())
     }
 
@@ -391,13 +381,9 @@ struct ConsumerBacklog {
 #[async_trait]
 impl BacklogProbe for ConsumerBacklog {
     async fn backlog(&self) -> Result<u64, BrokerError> {
-        let info = self
-            .consumer
-            .get_info()
-            .await
-            .map_err(|e| BrokerError::Receive {
-                broker: self.broker.clone(),
-                message: e.to_string(),
+        let info =
+            self.consumer.get_info().await.map_err(|e| {
+                BrokerError::receive(self.broker.clone(), e.to_string()).with_source(e)
             })?;
         Ok(info.num_pending)
     }

@@ -37,10 +37,7 @@ impl JetStreamSource {
         stream_name: &str,
         window: usize,
     ) -> Result<Self, BrokerError> {
-        let setup = |message: String| BrokerError::Setup {
-            broker: broker.to_owned(),
-            message,
-        };
+        let setup = |message: String| BrokerError::setup(broker.to_owned(), message);
         let stream = js.get_stream(stream_name).await.map_err(|e| {
             setup(format!(
                 "route {}: stream {stream_name:?} is not available ({e}); declare it under \
@@ -80,10 +77,7 @@ impl JetStreamSource {
     }
 
     fn receive_err(&self, e: impl std::fmt::Display) -> BrokerError {
-        BrokerError::Receive {
-            broker: self.broker.to_string(),
-            message: e.to_string(),
-        }
+        BrokerError::receive(self.broker.to_string(), e.to_string())
     }
 }
 
@@ -114,6 +108,15 @@ impl Source for JetStreamSource {
                 None => self.messages = None,
                 Some(Err(e)) => {
                     self.messages = None;
+                    // A deleted durable never delivers again: the route
+                    // binds (and so creates) it anew.
+                    if e.kind() == consumer::pull::MessagesErrorKind::ConsumerDeleted {
+                        return Err(BrokerError::terminal(
+                            self.broker.to_string(),
+                            format!("durable consumer of route {} was deleted", self.route),
+                        )
+                        .with_source(e));
+                    }
                     return Err(self.receive_err(e));
                 }
                 Some(Ok(m)) => return Ok(self.delivery(m)),
@@ -205,10 +208,7 @@ impl JsSettle {
         self.msg
             .ack_with(kind)
             .await
-            .map_err(|e| BrokerError::Settle {
-                broker: self.broker.to_string(),
-                message: e.to_string(),
-            })
+            .map_err(|e| BrokerError::settle(self.broker.to_string(), e.to_string()).with_source(e))
     }
 }
 
@@ -251,13 +251,12 @@ impl CoreSource {
             .queue_group
             .clone()
             .unwrap_or_else(|| route.name.clone());
-        let sub = client
-            .queue_subscribe(subject, group)
-            .await
-            .map_err(|e| BrokerError::Setup {
-                broker: broker.to_owned(),
-                message: format!("route {}: cannot subscribe: {e}", route.name),
-            })?;
+        let sub = client.queue_subscribe(subject, group).await.map_err(|e| {
+            BrokerError::setup(
+                broker.to_owned(),
+                format!("route {}: cannot subscribe: {e}", route.name),
+            )
+        })?;
         Ok(Self {
             broker: broker.to_owned(),
             route: route.name.clone(),
@@ -274,10 +273,11 @@ impl Source for CoreSource {
                 core_message(m, &self.route),
                 Box::new(NoSettle),
             )),
-            None => Err(BrokerError::Receive {
-                broker: self.broker.clone(),
-                message: "the subscription closed".to_owned(),
-            }),
+            // A closed subscription never yields again: subscribe anew.
+            None => Err(BrokerError::terminal(
+                self.broker.clone(),
+                "the subscription closed",
+            )),
         }
     }
 
