@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering as AtomicOrdering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -223,7 +223,7 @@ async fn route_task(
             }
         }
     };
-    *h.probe.lock().expect("probe lock") = source.backlog_probe();
+    *h.probe.lock().unwrap_or_else(PoisonError::into_inner) = source.backlog_probe();
     h.route
         .stats
         .subscribed
@@ -253,7 +253,11 @@ async fn scale_task(h: Arc<RouteHandle>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(w.scale_interval) => {}
             _ = route.wake.notified() => {}
         }
-        let probe = h.probe.lock().expect("probe lock").clone();
+        let probe = h
+            .probe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         if let Some(p) = probe {
             match p.backlog().await {
                 Ok(n) => route.stats.broker_backlog.store(n, AtomicOrdering::Relaxed),
@@ -267,7 +271,7 @@ async fn scale_task(h: Arc<RouteHandle>, shutdown: CancellationToken) {
         if d.next != d.current {
             route.pool.resize(d.next);
             info!(route = %label, backlog = d.backlog, current = d.current, desired = d.desired, next = d.next, busy = d.busy, "Scaled.");
-            let mut kept = h.decisions.lock().expect("decisions lock");
+            let mut kept = h.decisions.lock().unwrap_or_else(PoisonError::into_inner);
             if kept.len() == DECISIONS_KEPT {
                 kept.pop_front();
             }

@@ -1,6 +1,7 @@
 //! The `/status` document and its table rendering for `mqfn status`.
 
 use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -137,7 +138,7 @@ pub fn snapshot(app: &AppState) -> Status {
                     decisions: h
                         .decisions
                         .lock()
-                        .expect("decisions lock")
+                        .unwrap_or_else(PoisonError::into_inner)
                         .iter()
                         .copied()
                         .collect(),
