@@ -197,8 +197,21 @@ fn fresh(m: &Message) -> OutMessage {
         headers,
         key: m.key.clone(),
         correlation_id: m.correlation_id.clone(),
-        dedup_id: Some(format!("mqfn-redrive:{}", position(m))),
+        dedup_id: dedup_id(m),
         ..OutMessage::default()
+    }
+}
+
+/// The redriven copy's deduplication id: the dead letter's position where
+/// that names one dead letter for good (a JetStream stream sequence, a
+/// Kafka partition and offset). An AMQP delivery tag is numbered per
+/// channel, from 1 on every run, so an AMQP dead letter gets none.
+fn dedup_id(m: &Message) -> Option<String> {
+    match &m.meta {
+        SourceMeta::JetStream { .. } | SourceMeta::Kafka { .. } => {
+            Some(format!("mqfn-redrive:{}", position(m)))
+        }
+        SourceMeta::Amqp { .. } | SourceMeta::Nats | SourceMeta::Local => None,
     }
 }
 
@@ -236,5 +249,39 @@ fn clip(s: &str, n: usize) -> String {
         one
     } else {
         one.chars().take(n - 1).chain(['…']).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_lasting_positions_give_a_redrive_dedup_id() {
+        let mut m = Message::new("x");
+        m.subject = "q.dlq".into();
+        m.meta = SourceMeta::JetStream {
+            stream: "S".into(),
+            sequence: 7,
+        };
+        assert_eq!(fresh(&m).dedup_id.as_deref(), Some("mqfn-redrive:S:7"));
+        m.meta = SourceMeta::Kafka {
+            partition: 2,
+            offset: 9,
+        };
+        assert_eq!(
+            fresh(&m).dedup_id.as_deref(),
+            Some("mqfn-redrive:q.dlq:2:9")
+        );
+        m.meta = SourceMeta::Amqp {
+            delivery_tag: 1,
+            exchange: String::new(),
+            routing_key: "q.dlq".into(),
+        };
+        assert_eq!(
+            fresh(&m).dedup_id,
+            None,
+            "delivery tags restart per channel"
+        );
     }
 }
