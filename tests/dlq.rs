@@ -290,3 +290,41 @@ async fn redrives_from_rabbitmq_in_separate_runs_all_reach_the_stream() {
     );
     rabbit.cleanup(&[&dead], &[]).await;
 }
+
+#[tokio::test]
+async fn a_redrive_the_stream_drops_as_a_duplicate_leaves_the_dead_letter() {
+    let (p, s, js) = common::js_stream("redup").await;
+    let cfg = to_source_on_js(
+        &p,
+        &s,
+        "",
+        &format!(r#"{{ broker = "js", subject = "{p}.dlq" }}"#),
+    );
+    let mut m = Mqfn::start(&cfg);
+    js.publish(format!("{p}.in"), "permanent:once".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dead = common::js_read_at_least(&js, &s, &format!("{p}.dlq"), 1, LONG).await;
+    m.kill();
+    // The stream already holds a message with the id the redrive derives
+    // from the dead letter's position, as after a redrive interrupted
+    // between the publish and the removal.
+    let seq = dead[0].info().unwrap().stream_sequence;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", format!("mqfn-redrive:{s}:{seq}").as_str());
+    js.publish_with_headers(format!("{p}.in"), h, "earlier copy".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let config = m.config.to_str().unwrap().to_owned();
+    let out = dlq(&config, "redrive", &[]).await;
+    let (_, err) = text(&out);
+    assert!(!out.status.success(), "a dropped copy is reported: {err}");
+    assert!(err.contains("redrove 0 dead letter(s)"), "{err}");
+    assert!(err.contains("duplicate"), "{err}");
+    let left = common::js_read(&js, &s, &format!("{p}.dlq")).await;
+    assert_eq!(left.len(), 1, "the dead letter stays: {err}");
+}

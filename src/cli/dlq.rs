@@ -4,8 +4,9 @@
 use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
+use tracing::warn;
 
-use crate::brokers::{self, BrokerError, OutMessage};
+use crate::brokers::{self, BrokerError, OutMessage, Published};
 use crate::config::{Config, RouteConfig};
 use crate::message::{Headers, Message, SourceMeta};
 
@@ -136,7 +137,7 @@ async fn redrive(
     };
     let publisher = src_broker.publisher();
     let mut taker = dl_broker.take(dl).await.map_err(|e| e.to_string())?;
-    let (mut moved, mut skipped) = (0usize, 0usize);
+    let (mut moved, mut skipped, mut dropped) = (0usize, 0usize, 0usize);
     let result = loop {
         if moved >= limit {
             break Ok(());
@@ -154,9 +155,20 @@ async fn redrive(
             continue; // left in place, untouched
         }
         let out = fresh(&d.msg);
-        if let Err(e) = publisher.publish(&r.source, out).await {
-            let _ = d.settle.nack(std::time::Duration::ZERO).await;
-            break Err(format!("redrive stopped: {e}"));
+        match publisher.publish_new(&r.source, out).await {
+            Ok(Published::New) => {}
+            Ok(Published::Duplicate) => {
+                // The source kept an earlier message with this copy's
+                // deduplication id and stored nothing: removing the dead
+                // letter could lose it, so it stays, untouched.
+                warn!(position = %position(&d.msg), "The source took the copy as a duplicate; the dead letter stays.");
+                dropped += 1;
+                continue;
+            }
+            Err(e) => {
+                let _ = d.settle.nack(std::time::Duration::ZERO).await;
+                break Err(format!("redrive stopped: {e}"));
+            }
         }
         // Only once the source confirmed the copy is the dead letter removed.
         if let Err(e) = d.settle.ack().await {
@@ -174,6 +186,12 @@ async fn redrive(
         dl.describe(),
         r.source.describe()
     );
+    if dropped > 0 && result.is_ok() {
+        return Err(format!(
+            "{dropped} dead letter(s) left in place: the source took their copies as duplicates \
+             of messages it already holds (its duplicate window); redrive them again once it has passed"
+        ));
+    }
     result
 }
 

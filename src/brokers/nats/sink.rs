@@ -3,7 +3,7 @@ use async_nats::{jetstream, HeaderValue};
 use async_trait::async_trait;
 
 use super::{header, to_header_map};
-use crate::brokers::{OutMessage, PublishError, PublishErrorKind, Publisher};
+use crate::brokers::{OutMessage, PublishError, PublishErrorKind, Published, Publisher};
 use crate::config::Endpoint;
 use crate::message::{CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER};
 
@@ -108,21 +108,39 @@ fn classify(kind: jetstream::context::PublishErrorKind) -> PublishErrorKind {
     }
 }
 
-#[async_trait]
-impl Publisher for NatsPublisher {
-    async fn publish(&self, to: &Endpoint, mut msg: OutMessage) -> Result<(), PublishError> {
+impl NatsPublisher {
+    /// Publishes through JetStream when the broker has it, else as a core
+    /// publish (which has no deduplication).
+    async fn send(&self, to: &Endpoint, mut msg: OutMessage) -> Result<Published, PublishError> {
         let subject = to.address().unwrap_or_default();
         let Some(js) = &self.js else {
-            return self.core(subject, msg).await;
+            return self.core(subject, msg).await.map(|()| Published::New);
         };
         let headers = self.headers(subject, &mut msg)?;
         let ack = js
             .publish_with_headers(subject.to_owned(), headers, msg.payload)
             .await
             .map_err(|e| self.fail(subject, classify(e.kind()), e))?;
-        ack.await
+        let ack = ack
+            .await
             .map_err(|e| self.fail(subject, classify(e.kind()), e))?;
-        Ok(())
+        Ok(if ack.duplicate {
+            Published::Duplicate
+        } else {
+            Published::New
+        })
+    }
+}
+
+#[async_trait]
+impl Publisher for NatsPublisher {
+    async fn publish(&self, to: &Endpoint, msg: OutMessage) -> Result<(), PublishError> {
+        // A duplicate of a redelivered input's result is the dedup at work.
+        self.send(to, msg).await.map(|_| ())
+    }
+
+    async fn publish_new(&self, to: &Endpoint, msg: OutMessage) -> Result<Published, PublishError> {
+        self.send(to, msg).await
     }
 
     async fn reply(&self, reply_to: &str, msg: OutMessage) -> Result<(), PublishError> {
