@@ -199,3 +199,132 @@ retry = {{ max_attempts = 2, initial_backoff = "5ms", max_backoff = "10ms" }}
     drop(m);
     rabbit.cleanup(&[&input, &output, &dead], &[]).await;
 }
+
+/// A route from a JetStream source to `dead_letter`, with the `fail`
+/// handler and one attempt per message.
+fn to_source_on_js(p: &str, s: &str, extra: &str, dead_letter: &str) -> String {
+    format!(
+        r#"
+[brokers.js]
+kind = "nats"
+url = "{url}"
+{extra}
+[[routes]]
+name = "r"
+source = {{ broker = "js", subject = "{p}.in", stream = "{s}" }}
+handler = "fail"
+output = {{ broker = "js", subject = "{p}.out" }}
+dead_letter = {dead_letter}
+retry = {{ max_attempts = 1 }}
+"#,
+        url = nats_url()
+    )
+}
+
+/// The payloads of the redriven copies on the source subject.
+async fn redriven(js: &async_nats::jetstream::Context, s: &str, p: &str) -> Vec<String> {
+    let mut got: Vec<String> = common::js_read(js, s, &format!("{p}.in"))
+        .await
+        .iter()
+        .filter(|m| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get("mqfn-redrives"))
+                .is_some()
+        })
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    got.sort();
+    got
+}
+
+#[tokio::test]
+async fn redrives_from_rabbitmq_in_separate_runs_all_reach_the_stream() {
+    let (p, s, js) = common::js_stream("redrive").await;
+    let dead = format!("{p}.dlq");
+    let rabbit_cfg = format!(
+        "{}{}",
+        amqp_support::broker(&amqp_url()),
+        amqp_support::queue_decl(&dead, "classic")
+    );
+    let cfg = to_source_on_js(
+        &p,
+        &s,
+        &rabbit_cfg,
+        &format!(r#"{{ broker = "rabbit", queue = "{dead}" }}"#),
+    );
+    let mut m = Mqfn::start(&cfg);
+    m.wait_ready(LONG).await;
+    for body in ["permanent:first", "permanent:second"] {
+        js.publish(format!("{p}.in"), body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let rabbit = amqp_support::Rabbit::connect(&amqp_url()).await;
+    eventually(LONG, "two dead letters on RabbitMQ", || async {
+        (rabbit.count(&dead).await == 2).then_some(())
+    })
+    .await;
+    // Stopped, so that the redriven copies stay where they land.
+    m.kill();
+    let config = m.config.to_str().unwrap().to_owned();
+    // Two runs, one dead letter each: each run's channel numbers its
+    // deliveries from 1 again.
+    for run in 1..=2 {
+        let out = dlq(&config, "redrive", &["--limit", "1"]).await;
+        let (_, err) = text(&out);
+        assert!(out.status.success(), "run {run}: {err}");
+        assert!(err.contains("redrove 1 dead letter(s)"), "run {run}: {err}");
+    }
+    assert_eq!(
+        redriven(&js, &s, &p).await,
+        ["permanent:first", "permanent:second"],
+        "both dead letters are back on the stream"
+    );
+    assert_eq!(
+        rabbit.count(&dead).await,
+        0,
+        "both dead letters were removed"
+    );
+    rabbit.cleanup(&[&dead], &[]).await;
+}
+
+#[tokio::test]
+async fn a_redrive_the_stream_drops_as_a_duplicate_leaves_the_dead_letter() {
+    let (p, s, js) = common::js_stream("redup").await;
+    let cfg = to_source_on_js(
+        &p,
+        &s,
+        "",
+        &format!(r#"{{ broker = "js", subject = "{p}.dlq" }}"#),
+    );
+    let mut m = Mqfn::start(&cfg);
+    js.publish(format!("{p}.in"), "permanent:once".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dead = common::js_read_at_least(&js, &s, &format!("{p}.dlq"), 1, LONG).await;
+    m.kill();
+    // The stream already holds a message with the id the redrive derives
+    // from the dead letter's position, as after a redrive interrupted
+    // between the publish and the removal.
+    let seq = dead[0].info().unwrap().stream_sequence;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", format!("mqfn-redrive:{s}:{seq}").as_str());
+    js.publish_with_headers(format!("{p}.in"), h, "earlier copy".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let config = m.config.to_str().unwrap().to_owned();
+    let out = dlq(&config, "redrive", &[]).await;
+    let (_, err) = text(&out);
+    assert!(!out.status.success(), "a dropped copy is reported: {err}");
+    assert!(err.contains("redrove 0 dead letter(s)"), "{err}");
+    assert!(err.contains("duplicate"), "{err}");
+    let left = common::js_read(&js, &s, &format!("{p}.dlq")).await;
+    assert_eq!(left.len(), 1, "the dead letter stays: {err}");
+}

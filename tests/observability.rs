@@ -206,7 +206,21 @@ handler = "echo"
     })
     .await;
     let status = m.get_ok("/status").await;
-    tokio::time::sleep(Duration::from_secs(2)).await; // let reconnect attempts log
+    // The unreachable broker's reconnect attempts are in the log, so that
+    // the checks below see what they print.
+    eventually(
+        LONG,
+        "reconnect attempts on the unreachable broker",
+        || async {
+            let log = m.log_text();
+            let attempts = log
+                .lines()
+                .filter(|l| l.contains("NATS connection event") && l.contains("\"down\""))
+                .count();
+            (attempts >= 3).then_some(())
+        },
+    )
+    .await;
     m.signal("TERM");
     m.wait_exit(LONG);
     let log = m.log_text();

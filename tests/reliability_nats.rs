@@ -234,14 +234,26 @@ dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
         .await
         .unwrap();
     let m = Mqfn::start(&cfg);
-    let dlq = eventually(LONG, "three dead letters", || async {
-        let d = bed.ids("dlq").await;
-        (d.len() >= 3).then_some(d)
+    // The dead letters read by subject, however many messages the stream
+    // holds before them: id → (class, reason).
+    let dlq_subject = format!("{}.dlq", bed.p);
+    let reasons = eventually(LONG, "three dead letters", || async {
+        let dead = common::js_read(&bed.js, &bed.s, &dlq_subject).await;
+        let reasons: BTreeMap<_, _> = dead
+            .iter()
+            .map(|m| {
+                (
+                    header(m, "id"),
+                    (header(m, "mqfn-error-class"), header(m, "mqfn-error")),
+                )
+            })
+            .collect();
+        (reasons.len() >= 3).then_some(reasons)
     })
     .await;
     assert!(
-        dlq.contains_key("0") && dlq.contains_key("1") && dlq.contains_key("big"),
-        "{dlq:?}"
+        reasons.contains_key("0") && reasons.contains_key("1") && reasons.contains_key("big"),
+        "{reasons:?}"
     );
     let outs = eventually(LONG, "the other 101 results", || async {
         let o = bed.ids("out").await;
@@ -250,22 +262,6 @@ dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
     .await;
     assert_eq!(outs.len(), 101, "every healthy message went through");
     // The reasons are clear.
-    let stream = bed.js.get_stream(&bed.s).await.unwrap();
-    let mut reasons = BTreeMap::new();
-    for seq in 1..=200u64 {
-        if let Ok(raw) = stream.get_raw_message(seq).await {
-            if raw.subject.as_str().ends_with(".dlq") {
-                let h = raw.headers;
-                reasons.insert(
-                    h.get("id").unwrap().to_string(),
-                    (
-                        h.get("mqfn-error-class").unwrap().to_string(),
-                        h.get("mqfn-error").unwrap().to_string(),
-                    ),
-                );
-            }
-        }
-    }
     println!("{reasons:#?}");
     assert_eq!(reasons["0"].0, "crashed");
     assert!(reasons["0"].1.contains("panicked"), "{:?}", reasons["0"]);
@@ -363,26 +359,25 @@ async fn hostile_input_is_dead_lettered_with_the_reason() {
         (d.len() == 4 && o.len() == 1).then_some(())
     })
     .await;
-    let stream = bed.js.get_stream(&bed.s).await.unwrap();
     let mut reasons = BTreeMap::new();
-    for seq in 1..=20u64 {
-        if let Ok(raw) = stream.get_raw_message(seq).await {
-            if raw.subject.as_str().ends_with(".dlq") {
-                let h = raw.headers;
-                let id = h.get("id").unwrap().to_string();
-                assert_eq!(
-                    raw.payload,
-                    hostile::original(&cases, &id),
-                    "{id}: the original payload, byte for byte"
-                );
-                assert_eq!(
-                    h.get("mqfn-error-class").unwrap().to_string(),
-                    "permanent",
-                    "{id}"
-                );
-                reasons.insert(id, h.get("mqfn-error").unwrap().to_string());
-            }
-        }
+    for m in common::js_read(&bed.js, &bed.s, &format!("{}.dlq", bed.p)).await {
+        let id = header(&m, "id");
+        assert_eq!(
+            m.payload,
+            hostile::original(&cases, &id),
+            "{id}: the original payload, byte for byte"
+        );
+        assert_eq!(header(&m, "mqfn-error-class"), "permanent", "{id}");
+        reasons.insert(id, header(&m, "mqfn-error"));
     }
     hostile::assert_reasons(&reasons);
+}
+
+/// Header `name` of a message read from the stream.
+fn header(m: &jetstream::Message, name: &str) -> String {
+    m.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| panic!("header {name} missing"))
 }

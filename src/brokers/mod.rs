@@ -177,11 +177,30 @@ pub struct OutMessage {
     pub dedup_id: Option<String>,
 }
 
+/// What the broker made of a confirmed publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// It stored a new message.
+    New,
+    /// It already held a message with the same deduplication id within its
+    /// duplicate window (JetStream `PubAck.duplicate`) and stored nothing.
+    Duplicate,
+}
+
 /// Publishes and waits for the broker's confirmation.
 #[async_trait]
 pub trait Publisher: Send + Sync {
-    /// Publishes `msg` to `to` and returns once the broker confirmed it.
+    /// Publishes `msg` to `to` and returns once the broker confirmed it. A
+    /// duplicate counts as confirmed: for a route's output, the copy the
+    /// broker already holds is the result of an earlier delivery.
     async fn publish(&self, to: &Endpoint, msg: OutMessage) -> Result<(), PublishError>;
+    /// Publishes `msg` to `to` like [`Publisher::publish`], and says whether
+    /// the broker stored it as a new message, for callers that remove the
+    /// original only once a copy exists (`mqfn dlq redrive`). Brokers without
+    /// deduplication store every confirmed message.
+    async fn publish_new(&self, to: &Endpoint, msg: OutMessage) -> Result<Published, PublishError> {
+        self.publish(to, msg).await.map(|()| Published::New)
+    }
     /// Publishes `msg` to a reply address taken from a request.
     async fn reply(&self, reply_to: &str, msg: OutMessage) -> Result<(), PublishError>;
 }

@@ -4,8 +4,9 @@
 use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
+use tracing::warn;
 
-use crate::brokers::{self, BrokerErrorKind, OutMessage};
+use crate::brokers::{self, BrokerErrorKind, OutMessage, Published};
 use crate::config::{Config, RouteConfig};
 use crate::message::{Headers, Message};
 
@@ -136,7 +137,7 @@ async fn redrive(
     };
     let publisher = src_broker.publisher();
     let mut taker = dl_broker.take(dl).await.map_err(|e| e.to_string())?;
-    let (mut moved, mut skipped) = (0usize, 0usize);
+    let (mut moved, mut skipped, mut dropped) = (0usize, 0usize, 0usize);
     let result = loop {
         if moved >= limit {
             break Ok(());
@@ -154,9 +155,20 @@ async fn redrive(
             continue; // left in place, untouched
         }
         let out = fresh(&d.msg);
-        if let Err(e) = publisher.publish(&r.source, out).await {
-            let _ = d.settle.nack(std::time::Duration::ZERO).await;
-            break Err(format!("redrive stopped: {e}"));
+        match publisher.publish_new(&r.source, out).await {
+            Ok(Published::New) => {}
+            Ok(Published::Duplicate) => {
+                // The source kept an earlier message with this copy's
+                // deduplication id and stored nothing: removing the dead
+                // letter could lose it, so it stays, untouched.
+                warn!(position = %position(&d.msg), "The source took the copy as a duplicate; the dead letter stays.");
+                dropped += 1;
+                continue;
+            }
+            Err(e) => {
+                let _ = d.settle.nack(std::time::Duration::ZERO).await;
+                break Err(format!("redrive stopped: {e}"));
+            }
         }
         // Only once the source confirmed the copy is the dead letter removed.
         if let Err(e) = d.settle.ack().await {
@@ -174,6 +186,12 @@ async fn redrive(
         dl.describe(),
         r.source.describe()
     );
+    if dropped > 0 && result.is_ok() {
+        return Err(format!(
+            "{dropped} dead letter(s) left in place: the source took their copies as duplicates \
+             of messages it already holds (its duplicate window); redrive them again once it has passed"
+        ));
+    }
     result
 }
 
@@ -197,14 +215,17 @@ fn fresh(m: &Message) -> OutMessage {
         headers,
         key: m.key.clone(),
         correlation_id: m.correlation_id.clone(),
-        // Only a stable position identifies the dead letter itself; a
-        // delivery tag restarts on every channel.
-        dedup_id: m
-            .position
-            .identity()
-            .map(|id| format!("mqfn-redrive:{}:{id}", m.subject)),
+        dedup_id: dedup_id(m),
         ..OutMessage::default()
     }
+}
+
+/// The redriven copy's deduplication id: the dead letter's position where
+/// that names one dead letter for good (a JetStream stream sequence, a
+/// Kafka partition and offset). An AMQP delivery tag is numbered per
+/// channel, from 1 on every run, so an AMQP dead letter gets none.
+fn dedup_id(m: &Message) -> Option<String> {
+    m.position.identity().map(|id| format!("mqfn-redrive:{id}"))
 }
 
 fn position(m: &Message) -> String {
@@ -239,5 +260,30 @@ fn clip(s: &str, n: usize) -> String {
         one
     } else {
         one.chars().take(n - 1).chain(['…']).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_lasting_positions_give_a_redrive_dedup_id() {
+        use crate::message::Position;
+        let mut m = Message::new("x");
+        m.subject = "q.dlq".into();
+        m.position = Position::stable("S", "7");
+        assert_eq!(fresh(&m).dedup_id.as_deref(), Some("mqfn-redrive:S:7"));
+        m.position = Position::stable("q.dlq", "2/9").in_partition(2);
+        assert_eq!(
+            fresh(&m).dedup_id.as_deref(),
+            Some("mqfn-redrive:q.dlq:2/9")
+        );
+        m.position = Position::transient("1");
+        assert_eq!(
+            fresh(&m).dedup_id,
+            None,
+            "delivery tags restart per channel"
+        );
     }
 }

@@ -63,6 +63,9 @@ pub struct HttpHandler {
     extra: HeaderMap,
     ce_type: String,
     timeout: Duration,
+    /// The largest reply body taken as a result ([`MAX_BODY_BYTES`]; tests
+    /// lower it).
+    max_body: usize,
     pool: Arc<InstancePool<Slots>>,
 }
 
@@ -91,6 +94,7 @@ impl HttpHandler {
             extra,
             ce_type: cfg.ce_type.clone(),
             timeout: cfg.timeout,
+            max_body: MAX_BODY_BYTES,
             pool: InstancePool::new(name, Slots, cfg.max_instances, cfg.idle_timeout),
         })
     }
@@ -159,7 +163,7 @@ impl HttpHandler {
 /// retry or redelivery of the same message carries the same id.
 fn event_id(msg: &Message) -> String {
     match msg.position.identity() {
-        Some(id) => format!("{}-{id}", msg.subject),
+        Some(id) => id.to_owned(),
         None => msg
             .correlation_id
             .clone()
@@ -208,34 +212,59 @@ impl Handler for HttpHandler {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-        {
-            return Err(HandlerError::permanent(format!(
-                "POST {}: the reply body is larger than {MAX_BODY_BYTES} bytes",
-                self.url
-            )));
-        }
-        let body = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) if e.is_timeout() => {
-                return Err(HandlerError::retryable(format!(
-                    "POST {}: reading the reply timed out",
-                    self.url
-                )))
-            }
-            Err(e) => {
-                return Err(HandlerError::retryable(format!(
-                    "POST {}: reading the reply: {e}",
-                    self.url
-                )))
-            }
-        };
+        let body = read_body(resp, self.max_body, &self.url).await?;
         lease.finish();
         debug!(url = %self.url, status = status.as_u16(), bytes = body.len(), "HTTP handler replied.");
         classify(status, retry_after, body, ctype, &self.url)
     }
+}
+
+/// The reply body, refused as soon as it is larger than `max`: up front by
+/// its Content-Length, and while it is read chunk by chunk, since a chunked
+/// reply has none.
+async fn read_body(
+    mut resp: reqwest::Response,
+    max: usize,
+    url: &reqwest::Url,
+) -> Result<bytes::Bytes, HandlerError> {
+    let too_large = || {
+        HandlerError::permanent(format!(
+            "POST {url}: the reply body is larger than {max} bytes"
+        ))
+    };
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut chunks = Vec::new();
+    let mut len = 0;
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                len += chunk.len();
+                if len > max {
+                    return Err(too_large());
+                }
+                chunks.push(chunk);
+            }
+            Ok(None) => break,
+            Err(e) if e.is_timeout() => {
+                return Err(HandlerError::retryable(format!(
+                    "POST {url}: reading the reply timed out"
+                )))
+            }
+            Err(e) => {
+                return Err(HandlerError::retryable(format!(
+                    "POST {url}: reading the reply: {e}"
+                )))
+            }
+        }
+    }
+    // Most replies come in one chunk: that one is the body, without a copy.
+    Ok(if chunks.len() == 1 {
+        chunks.swap_remove(0)
+    } else {
+        chunks.concat().into()
+    })
 }
 
 /// Sorts a reply into a result, a retryable error or a permanent one.
@@ -288,6 +317,7 @@ fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn url() -> reqwest::Url {
         reqwest::Url::parse("http://h/").unwrap()
@@ -354,11 +384,86 @@ mod tests {
         msg.headers.append("Connection", "close");
         let got = h.headers(&msg);
         assert_eq!(got["ce-specversion"], "1.0");
-        assert_eq!(got["ce-id"], "s.in-S:9");
+        assert_eq!(got["ce-id"], "S:9");
         assert_eq!(got["ce-source"], "/mqfn/routes/r");
         assert_eq!(got["ce-type"], "io.mqfn.message");
         assert_eq!(got["ce-subject"], "s.in");
         assert_eq!(got["content-type"], "text/plain");
         assert!(!got.contains_key("connection"));
+    }
+
+    /// A server on 127.0.0.1 that answers one POST with a chunked 200 reply
+    /// of `chunks` chunks of 1 KiB (no Content-Length). Returns its URL.
+    async fn chunked_server(chunks: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The request: headers, then the Content-Length body.
+            let body_at = loop {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before sending its request");
+                request.extend_from_slice(&buf[..n]);
+                if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&request[..body_at]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while request.len() < body_at + length {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed mid-request");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+            // The client may hang up once it has seen enough: write errors end the reply.
+            if conn.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let chunk = format!("400\r\n{}\r\n", "c".repeat(1024));
+            for _ in 0..chunks {
+                if conn.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            let _ = conn.write_all(b"0\r\n\r\n").await;
+            let _ = conn.flush().await;
+        });
+        url
+    }
+
+    /// A handler on `url` that takes reply bodies of at most 4 KiB.
+    fn small_handler(url: &str) -> HttpHandler {
+        let cfg: HttpConfig = toml::from_str(&format!("url = \"{url}\"")).unwrap();
+        let mut h = HttpHandler::new("hook", &cfg).unwrap();
+        h.max_body = 4096;
+        h
+    }
+
+    #[tokio::test]
+    async fn a_chunked_reply_past_the_limit_is_refused() {
+        let h = small_handler(&chunked_server(10).await);
+        let err = h.call(&Message::new("x")).await.unwrap_err();
+        assert!(!err.is_retryable(), "{err}");
+        assert!(
+            err.to_string()
+                .contains("the reply body is larger than 4096 bytes"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunked_reply_within_the_limit_is_the_result() {
+        let h = small_handler(&chunked_server(4).await);
+        let out = h.call(&Message::new("x")).await.unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].payload.len(), 4096);
+        assert!(out[0].payload.iter().all(|b| *b == b'c'));
     }
 }

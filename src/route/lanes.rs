@@ -2,7 +2,7 @@
 //! order; different lanes run in parallel.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use crate::config::Ordering;
 use crate::message::Message;
@@ -41,7 +41,7 @@ impl<T> Lanes<T> {
     /// Queues `item` behind its lane. Returns it back when the lane was
     /// idle: the caller then runs it and must call [`Lanes::next`] after.
     pub fn enter(&self, lane: String, item: T) -> Option<T> {
-        let mut busy = self.busy.lock().expect("lanes lock");
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
         match busy.get_mut(&lane) {
             Some(q) => {
                 q.push_back(item);
@@ -57,7 +57,7 @@ impl<T> Lanes<T> {
     /// The next item of a lane whose previous item finished; `None` frees
     /// the lane.
     pub fn next(&self, lane: &str) -> Option<T> {
-        let mut busy = self.busy.lock().expect("lanes lock");
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
         let q = busy.get_mut(lane)?;
         let item = q.pop_front();
         if item.is_none() {
@@ -70,7 +70,7 @@ impl<T> Lanes<T> {
     pub fn queued(&self) -> usize {
         self.busy
             .lock()
-            .expect("lanes lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .map(VecDeque::len)
             .sum()
@@ -97,6 +97,23 @@ mod tests {
         assert_eq!(lanes.next("a"), Some(3));
         assert_eq!(lanes.next("a"), None);
         assert_eq!(lanes.enter("a".into(), 4), Some(4), "the lane was freed");
+    }
+
+    #[test]
+    fn a_panic_while_holding_the_lock_does_not_stop_the_lanes() {
+        let lanes = Lanes::default();
+        assert_eq!(lanes.enter("a".into(), 1), Some(1));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = lanes.busy.lock();
+            panic!("a panic while holding the lanes lock");
+        }));
+        assert!(panicked.is_err());
+        assert!(lanes.busy.is_poisoned());
+        assert_eq!(lanes.enter("a".into(), 2), None, "the lane is still busy");
+        assert_eq!(lanes.queued(), 1);
+        assert_eq!(lanes.next("a"), Some(2));
+        assert_eq!(lanes.next("a"), None);
+        assert_eq!(lanes.enter("a".into(), 3), Some(3), "the lane was freed");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! autoscaler.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use slab::Slab;
@@ -33,7 +33,11 @@ pub struct InflightGuard {
 impl RouteStats {
     /// Records a message as in flight since `since`.
     pub fn begin(self: &Arc<Self>, since: Instant) -> InflightGuard {
-        let id = self.inflight.lock().expect("stats lock").insert(since);
+        let id = self
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(since);
         InflightGuard {
             stats: self.clone(),
             id,
@@ -42,7 +46,10 @@ impl RouteStats {
 
     /// Messages in flight (queued or running).
     pub fn inflight(&self) -> usize {
-        self.inflight.lock().expect("stats lock").len()
+        self.inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Seconds since the oldest in-flight message arrived.
@@ -50,7 +57,7 @@ impl RouteStats {
         let now = Instant::now();
         self.inflight
             .lock()
-            .expect("stats lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(_, t)| t)
             .map(|t| now.saturating_duration_since(*t).as_secs_f64())
@@ -70,12 +77,18 @@ impl RouteStats {
 
     /// Records an error for `/status` (the text never goes into a label).
     pub fn error(&self, message: impl Into<String>) {
-        *self.last_error.lock().expect("stats lock") = Some((SystemTime::now(), message.into()));
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((SystemTime::now(), message.into()));
     }
 
     /// The last error and when it happened.
     pub fn last_error(&self) -> Option<(SystemTime, String)> {
-        self.last_error.lock().expect("stats lock").clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -84,7 +97,41 @@ impl Drop for InflightGuard {
         self.stats
             .inflight
             .lock()
-            .expect("stats lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Panics while holding `lock`, leaving it poisoned.
+    fn poison<T>(lock: &Mutex<T>) {
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = lock.lock();
+            panic!("a panic while holding the stats lock");
+        }));
+        assert!(panicked.is_err());
+        assert!(lock.is_poisoned());
+    }
+
+    #[test]
+    fn a_panic_while_holding_a_lock_does_not_stop_the_stats() {
+        let stats = Arc::new(RouteStats::default());
+        let first = stats.begin(Instant::now());
+        poison(&stats.inflight);
+        poison(&stats.last_error);
+        let second = stats.begin(Instant::now());
+        assert_eq!(stats.inflight(), 2);
+        assert!(stats.oldest_age_secs() >= 0.0);
+        drop(first);
+        drop(second);
+        assert_eq!(stats.inflight(), 0, "the guards still remove their entries");
+        stats.error("after the panic");
+        assert_eq!(
+            stats.last_error().map(|(_, m)| m).as_deref(),
+            Some("after the panic")
+        );
     }
 }

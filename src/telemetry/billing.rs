@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use super::names::HANDLER_BILLED_SECONDS_TOTAL;
@@ -34,7 +34,7 @@ pub struct Account(Arc<AtomicU64>);
 impl Account {
     /// The account of `handler`, opened on first use.
     pub fn of(handler: &str) -> Self {
-        let mut l = ledger().lock().expect("ledger lock");
+        let mut l = ledger().lock().unwrap_or_else(PoisonError::into_inner);
         Self(l.entry(handler.to_owned()).or_default().clone())
     }
 
@@ -46,14 +46,14 @@ impl Account {
 
 /// Billed seconds of `handler` so far.
 pub fn billed_seconds(handler: &str) -> f64 {
-    let l = ledger().lock().expect("ledger lock");
+    let l = ledger().lock().unwrap_or_else(PoisonError::into_inner);
     l.get(handler)
         .map_or(0.0, |c| c.load(Ordering::Relaxed) as f64 / 1000.0)
 }
 
 /// The ledger in Prometheus text format.
 pub fn render() -> String {
-    let l = ledger().lock().expect("ledger lock");
+    let l = ledger().lock().unwrap_or_else(PoisonError::into_inner);
     let mut out = String::new();
     if l.is_empty() {
         return out;

@@ -3,7 +3,7 @@
 //! reporting down meanwhile.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -82,7 +82,7 @@ impl Link {
 
     /// Keeps a tap's or inbox's channel, to be closed before the connection.
     pub(super) fn keep_private(&self, ch: Channel) {
-        let mut private = self.private.lock().expect("private lock");
+        let mut private = self.private.lock().unwrap_or_else(PoisonError::into_inner);
         private.retain(|c| c.status().connected());
         private.push(ch);
     }
@@ -104,7 +104,10 @@ impl Link {
         if up {
             info!(broker = %self.broker, url, "Connected to AMQP; topology declared.");
         } else {
-            *self.last_error.lock().expect("last error lock") = why.to_owned();
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = why.to_owned();
             warn!(broker = %self.broker, url, reason = why, "Lost the AMQP connection; reconnecting.");
         }
     }
@@ -125,7 +128,11 @@ impl Link {
             }
         };
         let Some(conn) = conn else {
-            let why = self.last_error.lock().expect("last error lock").clone();
+            let why = self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
             return Err(BrokerError::connect(
                 self.broker.clone(),
                 format!("not connected ({why})"),
@@ -195,7 +202,7 @@ pub(super) async fn supervise(
                     _ = stop.cancelled() => {
                         link.current.send_replace(None);
                         link.up.store(false, Ordering::Relaxed);
-                        let private = std::mem::take(&mut *link.private.lock().expect("private lock"));
+                        let private = std::mem::take(&mut *link.private.lock().unwrap_or_else(PoisonError::into_inner));
                         for ch in private {
                             let _ = ch.close(200, "OK".into()).await;
                         }
@@ -216,7 +223,10 @@ pub(super) async fn supervise(
                     BrokerErrorKind::Connect | BrokerErrorKind::Setup => e.message.clone(),
                     _ => e.to_string(),
                 };
-                *link.last_error.lock().expect("last error lock") = why;
+                *link
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = why;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(reconnect_delay(failures)) => {}

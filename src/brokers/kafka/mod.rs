@@ -154,7 +154,7 @@ pub fn to_message(m: &BorrowedMessage<'_>, route: &str) -> Message {
         key: m.key().map(bytes::Bytes::copy_from_slice),
         subject: m.topic().to_owned(),
         route: route.to_owned(),
-        position: position(m.partition(), m.offset()),
+        position: position(m.topic(), m.partition(), m.offset()),
         attempt: 1,
         traceparent: headers.get(TRACEPARENT_HEADER).map(str::to_owned),
         correlation_id: headers.get(CORRELATION_HEADER).map(str::to_owned),
@@ -164,13 +164,13 @@ pub fn to_message(m: &BorrowedMessage<'_>, route: &str) -> Message {
     }
 }
 
-/// `partition/offset`, stable across redeliveries.
-fn position(partition: i32, offset: i64) -> Position {
+/// `partition/offset` in the topic, stable across redeliveries.
+fn position(topic: &str, partition: i32, offset: i64) -> Position {
     let mut at = String::with_capacity(24);
     at.push_str(itoa::Buffer::new().format(partition));
     at.push('/');
     at.push_str(itoa::Buffer::new().format(offset));
-    Position::stable("", &at).in_partition(partition)
+    Position::stable(topic, &at).in_partition(partition)
 }
 
 #[async_trait]

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::{header, to_header_map};
 use super::{NatsSource, NatsTarget};
-use crate::brokers::{OutMessage, PublishError, PublishErrorKind, Publisher};
+use crate::brokers::{OutMessage, PublishError, PublishErrorKind, Published, Publisher};
 use crate::config::Endpoint;
 use crate::message::{CORRELATION_HEADER, KEY_HEADER, REPLY_HEADER};
 
@@ -109,9 +109,10 @@ fn classify(kind: jetstream::context::PublishErrorKind) -> PublishErrorKind {
     }
 }
 
-#[async_trait]
-impl Publisher for NatsPublisher {
-    async fn publish(&self, to: &Endpoint, mut msg: OutMessage) -> Result<(), PublishError> {
+impl NatsPublisher {
+    /// Publishes through JetStream when the broker has it, else as a core
+    /// publish (which has no deduplication).
+    async fn send(&self, to: &Endpoint, mut msg: OutMessage) -> Result<Published, PublishError> {
         let subject = match (to.get::<NatsTarget>(), to.get::<NatsSource>()) {
             (Some(t), _) => {
                 if !t.dedup {
@@ -127,16 +128,33 @@ impl Publisher for NatsPublisher {
             }
         };
         let Some(js) = &self.js else {
-            return self.core(subject, msg).await;
+            return self.core(subject, msg).await.map(|()| Published::New);
         };
         let headers = self.headers(subject, &mut msg)?;
         let ack = js
             .publish_with_headers(subject.to_owned(), headers, msg.payload)
             .await
             .map_err(|e| self.fail(subject, classify(e.kind()), e))?;
-        ack.await
+        let ack = ack
+            .await
             .map_err(|e| self.fail(subject, classify(e.kind()), e))?;
-        Ok(())
+        Ok(if ack.duplicate {
+            Published::Duplicate
+        } else {
+            Published::New
+        })
+    }
+}
+
+#[async_trait]
+impl Publisher for NatsPublisher {
+    async fn publish(&self, to: &Endpoint, msg: OutMessage) -> Result<(), PublishError> {
+        // A duplicate of a redelivered input's result is the dedup at work.
+        self.send(to, msg).await.map(|_| ())
+    }
+
+    async fn publish_new(&self, to: &Endpoint, msg: OutMessage) -> Result<Published, PublishError> {
+        self.send(to, msg).await
     }
 
     async fn reply(&self, reply_to: &str, msg: OutMessage) -> Result<(), PublishError> {
