@@ -524,7 +524,7 @@ retry = { max_attempts = 4, initial_backoff = "10ms", max_backoff = "5s" }"#;
     assert!(h["ce-id"]
         .to_str()
         .unwrap()
-        .starts_with(&format!("{}-", s.name)));
+        .starts_with(&format!("{}:", s.name)));
     assert_eq!(h["x-test"], "yes", "message headers are passed on");
     let ids: Vec<_> = seen.calls["flaky"]
         .iter()

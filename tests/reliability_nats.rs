@@ -381,3 +381,50 @@ fn header(m: &jetstream::Message, name: &str) -> String {
         .map(|v| v.to_string())
         .unwrap_or_else(|| panic!("header {name} missing"))
 }
+
+/// Supervision on a real broker: deleting the route's durable ends its
+/// pull for good (the server says "consumer deleted"). The route is
+/// counted as restarted, `/status` says why, and it binds the durable anew,
+/// so messages flow again.
+#[tokio::test]
+async fn a_deleted_durable_restarts_the_route_which_binds_it_anew() {
+    let bed = Bed::new(&nats_url()).await;
+    let m = Mqfn::start(&bed.config("echo", "", ""));
+    m.wait_ready(LONG).await;
+    bed.publish(10, |i| format!("before-{i}")).await;
+    common::js_read_at_least(&bed.js, &bed.s, &format!("{}.out", bed.p), 10, LONG).await;
+
+    let stream = bed.js.get_stream(&bed.s).await.expect("stream");
+    stream
+        .delete_consumer(&bed.p)
+        .await
+        .expect("delete the durable");
+    let restarts = eventually(LONG, "a route restart", || async {
+        metric(
+            &m.metrics().await,
+            r#"mqfn_route_restarts_total{route="r"}"#,
+        )
+        .filter(|n| *n >= 1.0)
+    })
+    .await;
+    assert_eq!(restarts, 1.0, "one deletion, one restart");
+    let status = m.status().await;
+    let route = &status["routes"][0];
+    assert_eq!(route["restarts"], 1, "{route}");
+    let reason = route["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(reason.contains("was deleted"), "{route}");
+
+    // Bound anew: the durable exists again and new messages flow.
+    eventually(LONG, "the durable bound anew", || async {
+        stream.consumer_info(&bed.p).await.ok()
+    })
+    .await;
+    m.wait_ready(LONG).await;
+    bed.publish(10, |i| format!("after-{i}")).await;
+    let outs = common::js_read_at_least(&bed.js, &bed.s, &format!("{}.out", bed.p), 20, LONG).await;
+    let after = outs
+        .iter()
+        .filter(|o| o.payload.starts_with(b"after-"))
+        .count();
+    assert!(after >= 10, "{after} of the 10 new messages came through");
+}

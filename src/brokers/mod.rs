@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod kafka;
 pub mod memory;
 pub mod nats;
+mod settle;
 mod spec;
 
 use std::sync::Arc;
@@ -21,12 +22,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use settle::{Delivery, NoSettle, Settle};
 pub use spec::{
     kind, kind_names, typed, BrokerSpec, EndpointSpec, Guarantee, KeyError, Kind, Role,
 };
 
 use crate::config::{BrokerConfig, Endpoint, RouteConfig};
-use crate::message::{Delivery, Headers, Message};
+use crate::message::{Headers, Message};
 
 /// Every broker kind, one line each.
 pub static KINDS: &[&dyn Kind] = &[&nats::KIND, &kafka::KIND, &amqp::KIND, &memory::KIND];

@@ -7,9 +7,10 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::MessageArgs;
+use crate::brokers::NoSettle;
 use crate::config::{Config, RouteConfig};
 use crate::handler;
-use crate::message::{Message, NoSettle};
+use crate::message::Message;
 use crate::route::{Attempted, Route};
 
 /// Arguments of `mqfn call`.

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::meters::Invocation;
 use super::Route;
-use crate::message::Settle;
+use crate::brokers::Settle;
 
 /// A message that failed for good.
 #[derive(Debug, Clone)]

@@ -19,9 +19,9 @@ use tracing::{info, warn};
 
 pub use invoke::{backoff, Attempted, Failure};
 
+use crate::brokers::Delivery;
 use crate::brokers::{reconnect_delay, BrokerError, BrokerErrorKind, Publisher, Source};
 use crate::config::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig};
-use crate::message::Delivery;
 use crate::pool::instances::Instances;
 use crate::pool::WorkerPool;
 use drive::Drivers;

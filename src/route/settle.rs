@@ -9,8 +9,9 @@ use tracing::{debug, error, warn};
 
 use super::meters::Outcome;
 use super::{Attempted, Failure, Route};
+use crate::brokers::Delivery;
 use crate::brokers::{OutMessage, PublishError, PublishErrorKind};
-use crate::message::{Delivery, Headers, Message, REPLY_HEADER};
+use crate::message::{Headers, Message, REPLY_HEADER};
 use crate::telemetry::names;
 
 /// How long a message handed back after a failed publish waits before the

@@ -14,7 +14,8 @@ use super::connection::Link;
 use super::headers::{message, short};
 use super::topology;
 use crate::brokers::{BacklogProbe, BrokerError, Source};
-use crate::message::{Delivery, Message, Settle};
+use crate::brokers::{Delivery, Settle};
+use crate::message::Message;
 
 async fn get(
     link: &Link,

@@ -21,8 +21,8 @@ use super::headers::{self, short, Counts, ATTEMPT_HEADER};
 use super::sink::AmqpPublisher;
 use super::topology;
 use crate::brokers::{BacklogProbe, BrokerError, Source};
+use crate::brokers::{Delivery, Settle};
 use crate::config::RouteConfig;
-use crate::message::{Delivery, Settle};
 
 /// The longest a nack holds a delivery before handing it back, so that a
 /// failing output does not spin messages through the broker in a hot loop,

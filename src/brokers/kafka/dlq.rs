@@ -25,7 +25,8 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 use super::KafkaConfig;
 use super::{admin, base_config, sink, LogContext, REQUEST_TIMEOUT};
 use crate::brokers::{BacklogProbe, BrokerError, OutMessage, Source};
-use crate::message::{Delivery, Message, Settle};
+use crate::brokers::{Delivery, Settle};
+use crate::message::Message;
 
 /// How long a read may see nothing at all before the rest counts as read.
 const IDLE_LIMIT: Duration = Duration::from_secs(10);

@@ -26,8 +26,9 @@ use super::rebalance::GroupContext;
 use super::ConsumerBacklog;
 use super::{KafkaConfig, KafkaSource as SourceKeys};
 use crate::brokers::{BacklogProbe, BrokerError, Source};
+use crate::brokers::{Delivery, Settle};
 use crate::config::RouteConfig;
-use crate::message::{Delivery, Message, Settle};
+use crate::message::Message;
 
 /// Bounds of the hand-off channel: a tiny window still gets a few records
 /// ahead, a huge one does not hold more than this many.

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use super::queue::Stored;
 use super::Queue;
 use crate::brokers::{BacklogProbe, BrokerError, Source};
-use crate::message::{Delivery, Settle};
+use crate::brokers::{Delivery, Settle};
 
 /// A route's consumer of one queue.
 pub struct MemorySource {

@@ -10,7 +10,8 @@ use futures::StreamExt;
 
 use super::from_header_map;
 use crate::brokers::{BacklogProbe, BrokerError, Source};
-use crate::message::{Delivery, Message, Position, Settle};
+use crate::brokers::{Delivery, Settle};
+use crate::message::{Message, Position};
 
 /// Finds the stream that stores `subject`.
 pub async fn stream_for(

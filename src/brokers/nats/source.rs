@@ -8,8 +8,9 @@ use futures::{FutureExt, StreamExt};
 use super::NatsSource;
 use super::{core_message, from_header_map, ConsumerBacklog};
 use crate::brokers::{BacklogProbe, BrokerError, Source};
+use crate::brokers::{Delivery, NoSettle, Settle};
 use crate::config::RouteConfig;
-use crate::message::{Delivery, Message, NoSettle, Position, Settle};
+use crate::message::{Message, Position};
 
 /// How often the server proves an idle pull alive; two missed beats end
 /// the pull with an error, and the next receive opens a new one.

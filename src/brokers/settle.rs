@@ -1,0 +1,70 @@
+//! The settle half of the broker contract: the token that acknowledges a
+//! delivery on its broker, and the delivery that carries it.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::BrokerError;
+use crate::message::Message;
+
+/// Settles one delivery on its broker.
+#[async_trait]
+pub trait Settle: Send + Sync {
+    /// The message is done: its results are safely published.
+    async fn ack(&self) -> Result<(), BrokerError>;
+    /// Hand the message back for redelivery, no sooner than `delay`.
+    async fn nack(&self, delay: Duration) -> Result<(), BrokerError>;
+    /// Still working on it: extend the broker's ack deadline.
+    async fn in_progress(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    /// How often `in_progress` must be called during a long invocation.
+    fn keepalive(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A settle token for sources that need none (core NATS, `mqfn call`).
+#[derive(Debug, Default)]
+pub struct NoSettle;
+
+#[async_trait]
+impl Settle for NoSettle {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    async fn nack(&self, _delay: Duration) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+/// A message in flight, with the token that settles it.
+pub struct Delivery {
+    /// The message.
+    pub msg: Message,
+    /// Acknowledges it on its broker.
+    pub settle: Box<dyn Settle>,
+    /// When mqfn received it.
+    pub received: Instant,
+}
+
+impl Delivery {
+    /// Wraps a message and its token.
+    pub fn new(msg: Message, settle: Box<dyn Settle>) -> Self {
+        Self {
+            msg,
+            settle,
+            received: Instant::now(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("subject", &self.msg.subject)
+            .field("position", &self.msg.position)
+            .finish_non_exhaustive()
+    }
+}
