@@ -9,8 +9,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use mqfn::brokers::NoSettle;
 use mqfn::config::{Config, RouteConfig};
-use mqfn::message::{Message, NoSettle};
+use mqfn::message::Message;
 use mqfn::route::{Attempted, Route};
 use tokio_util::sync::CancellationToken;
 
