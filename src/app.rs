@@ -92,6 +92,7 @@ pub async fn build(cfg: &Config) -> Result<AppState, AppError> {
             sink(&r.dead_letter),
             Some(brokers[&r.source.broker].publisher()),
         )
+        .with_reserved_headers(brokers[&r.source.broker].reserved_headers())
         .with_instances(built.instances);
         routes.push(Arc::new(RouteHandle::new(Arc::new(route), r.clone())));
     }

@@ -265,6 +265,14 @@ pub trait Broker: Send + Sync {
     /// Flushes pending publishes and acks, then disconnects.
     async fn close(&self);
 
+    /// Prefixes of the header names this broker reserves: set by it on
+    /// delivery, or directives to it (`Nats-Msg-Id`, `x-death`). mqfn never
+    /// copies them from a message of this broker onto what it publishes,
+    /// where they would mean something they do not.
+    fn reserved_headers(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// The error for an endpoint that another kind parsed (a bug: the
     /// config resolves each endpoint with its own broker's kind).
     fn not_mine(&self, at: &Endpoint) -> BrokerError {

@@ -55,15 +55,6 @@ const FAILURE_HEADERS: &[&str] = &[
     "mqfn-failed-at",
 ];
 
-/// Header prefixes that brokers set on delivery, dropped on redrive.
-const BROKER_HEADERS: &[&str] = &[
-    "Nats-",
-    "x-death",
-    "x-delivery-count",
-    "x-first-death-",
-    "x-last-death-",
-];
-
 fn route<'a>(cfg: &'a Config, name: &str) -> Result<&'a RouteConfig, String> {
     let r = cfg.route(name).ok_or_else(|| {
         let known: Vec<_> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
@@ -154,7 +145,7 @@ async fn redrive(
             skipped += 1;
             continue; // left in place, untouched
         }
-        let out = fresh(&d.msg);
+        let out = fresh(&d.msg, dl_broker.reserved_headers());
         match publisher.publish_new(&r.source, out).await {
             Ok(Published::New) => {}
             Ok(Published::Duplicate) => {
@@ -195,8 +186,9 @@ async fn redrive(
     result
 }
 
-/// The original message, without the failure headers, counting redrives.
-fn fresh(m: &Message) -> OutMessage {
+/// The original message, without the failure headers and the headers the
+/// dead letter's broker reserves, counting redrives.
+fn fresh(m: &Message, reserved: &[&str]) -> OutMessage {
     let redrives: u32 = m
         .headers
         .get("mqfn-redrives")
@@ -205,9 +197,7 @@ fn fresh(m: &Message) -> OutMessage {
     let mut headers: Headers = m
         .headers
         .iter()
-        .filter(|(k, _)| {
-            !FAILURE_HEADERS.contains(k) && !BROKER_HEADERS.iter().any(|p| k.starts_with(p))
-        })
+        .filter(|(k, _)| !FAILURE_HEADERS.contains(k) && !reserved.iter().any(|p| k.starts_with(p)))
         .collect();
     headers.set("mqfn-redrives", (redrives + 1).to_string());
     OutMessage {
@@ -273,15 +263,15 @@ mod tests {
         let mut m = Message::new("x");
         m.subject = "q.dlq".into();
         m.position = Position::stable("S", "7");
-        assert_eq!(fresh(&m).dedup_id.as_deref(), Some("mqfn-redrive:S:7"));
+        assert_eq!(fresh(&m, &[]).dedup_id.as_deref(), Some("mqfn-redrive:S:7"));
         m.position = Position::stable("q.dlq", "2/9").in_partition(2);
         assert_eq!(
-            fresh(&m).dedup_id.as_deref(),
+            fresh(&m, &[]).dedup_id.as_deref(),
             Some("mqfn-redrive:q.dlq:2/9")
         );
         m.position = Position::transient("1");
         assert_eq!(
-            fresh(&m).dedup_id,
+            fresh(&m, &[]).dedup_id,
             None,
             "delivery tags restart per channel"
         );

@@ -67,6 +67,7 @@ pub struct Route {
     dead_letter: Option<Sink>,
     replier: Option<Arc<dyn Publisher>>,
     source: String,
+    reserved: &'static [&'static str],
     /// The worker pool.
     pub pool: Arc<WorkerPool>,
     /// Live figures.
@@ -108,6 +109,7 @@ impl Route {
             dead_letter,
             replier,
             source: cfg.source.describe(),
+            reserved: &[],
             pool: WorkerPool::new(cfg.workers.min),
             stats: Arc::new(RouteStats::default()),
             lanes: Lanes::default(),
@@ -115,6 +117,13 @@ impl Route {
             instances: None,
             meters: meters::Meters::new(&cfg.name, &cfg.handler),
         }
+    }
+
+    /// Sets the header prefixes the source's broker reserves, which the
+    /// route does not copy onto outputs and dead letters.
+    pub fn with_reserved_headers(mut self, reserved: &'static [&'static str]) -> Self {
+        self.reserved = reserved;
+        self
     }
 
     /// Attaches the handler's instance pool, so that scaling the route to

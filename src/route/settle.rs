@@ -103,7 +103,12 @@ impl Route {
             error!(route = %self.name, error = %f.error, attempts = f.attempts, "Message failed and the route has no dead letter; dropped.");
             return self.ack(d, Outcome::Dropped).await;
         };
-        let mut headers = d.msg.headers.clone();
+        let mut headers: Headers = d
+            .msg
+            .headers
+            .iter()
+            .filter(|(k, _)| !self.is_reserved(k))
+            .collect();
         let error = one_line(&f.error.to_string());
         headers.set("mqfn-error", error);
         headers.set("mqfn-error-class", f.error.class());
@@ -165,7 +170,7 @@ impl Route {
             .headers
             .iter()
             .filter(|(k, _)| {
-                !k.starts_with("Nats-") && *k != REPLY_HEADER && !k.starts_with("mqfn-error")
+                !self.is_reserved(k) && *k != REPLY_HEADER && !k.starts_with("mqfn-error")
             })
             .collect();
         headers.merge(&out.headers);
@@ -186,6 +191,11 @@ impl Route {
             },
             ..OutMessage::default()
         }
+    }
+
+    /// Whether the source's broker reserves this header name.
+    fn is_reserved(&self, name: &str) -> bool {
+        self.reserved.iter().any(|p| name.starts_with(p))
     }
 
     async fn ack(&self, d: &Delivery, outcome: Outcome) {

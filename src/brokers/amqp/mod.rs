@@ -207,6 +207,15 @@ impl Broker for AmqpBroker {
         Ok(Box::new(s))
     }
 
+    fn reserved_headers(&self) -> &'static [&'static str] {
+        &[
+            "x-death",
+            "x-delivery-count",
+            "x-first-death-",
+            "x-last-death-",
+        ]
+    }
+
     async fn close(&self) {
         // The supervisor closes the consuming connection on its way out.
         self.stop.cancel();

@@ -302,6 +302,10 @@ impl Broker for NatsBroker {
         Ok(Box::new(s))
     }
 
+    fn reserved_headers(&self) -> &'static [&'static str] {
+        &["Nats-"]
+    }
+
     async fn close(&self) {
         if let Err(e) = self.client.flush().await {
             warn!(broker = %self.name, error = %e, "Could not flush NATS before closing.");
