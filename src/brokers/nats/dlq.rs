@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, consumer, AckKind};
 use async_trait::async_trait;
 use futures::StreamExt;
 
-use super::from_header_map;
+use super::headers::from_header_map;
 use crate::brokers::{BacklogProbe, BrokerError, Source};
 use crate::brokers::{Delivery, Settle};
 use crate::message::{Message, Position};

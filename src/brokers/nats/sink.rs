@@ -2,7 +2,7 @@ use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::{jetstream, HeaderValue};
 use async_trait::async_trait;
 
-use super::{header, to_header_map};
+use super::headers::{header, to_header_map};
 use super::{NatsSource, NatsTarget};
 use crate::brokers::{OutMessage, PublishError, PublishErrorKind, Published, Publisher};
 use crate::config::Endpoint;

@@ -5,8 +5,8 @@ use async_nats::jetstream::{self, consumer, AckKind};
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 
-use super::NatsSource;
-use super::{core_message, from_header_map, ConsumerBacklog};
+use super::headers::{core_message, from_header_map};
+use super::{ConsumerBacklog, NatsSource};
 use crate::brokers::{BacklogProbe, BrokerError, Source};
 use crate::brokers::{Delivery, NoSettle, Settle};
 use crate::config::RouteConfig;
