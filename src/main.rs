@@ -64,21 +64,11 @@ async fn run(cli: Cli, path: PathBuf, mut cfg: Config) -> anyhow::Result<()> {
             }
             mqfn::app::run(cfg, shutdown_signal()).await?;
         }
-        Command::Publish(args) => cli::publish::run(&cfg, &args)
-            .await
-            .map_err(anyhow::Error::msg)?,
-        Command::Invoke(args) => cli::invoke::run(&cfg, &args)
-            .await
-            .map_err(anyhow::Error::msg)?,
-        Command::Call(args) => cli::call::run(&cfg, &args)
-            .await
-            .map_err(anyhow::Error::msg)?,
-        Command::Dlq(args) => cli::dlq::run(&cfg, &args)
-            .await
-            .map_err(anyhow::Error::msg)?,
-        Command::Status(args) => cli::status::run(&cfg, &args)
-            .await
-            .map_err(anyhow::Error::msg)?,
+        Command::Publish(args) => cli::publish::run(&cfg, &args).await?,
+        Command::Invoke(args) => cli::invoke::run(&cfg, &args).await?,
+        Command::Call(args) => cli::call::run(&cfg, &args).await?,
+        Command::Dlq(args) => cli::dlq::run(&cfg, &args).await?,
+        Command::Status(args) => cli::status::run(&cfg, &args).await?,
     }
     Ok(())
 }

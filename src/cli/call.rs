@@ -6,7 +6,7 @@ use std::io::Write;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::MessageArgs;
+use super::{CliError, MessageArgs};
 use crate::brokers::NoSettle;
 use crate::config::{Config, RouteConfig};
 use crate::handler;
@@ -24,8 +24,8 @@ pub struct CallArgs {
 }
 
 /// Calls the handler and prints each output payload on its own line.
-pub async fn run(cfg: &Config, args: &CallArgs) -> Result<(), String> {
-    let built = handler::build(&args.handler, cfg).map_err(|e| e.to_string())?;
+pub async fn run(cfg: &Config, args: &CallArgs) -> Result<(), CliError> {
+    let built = handler::build(&args.handler, cfg)?;
     // Borrow the time limit and retry policy of a route that uses the
     // handler, so that `call` behaves as `run` would.
     let mut rcfg = cfg
@@ -68,16 +68,16 @@ pub async fn run(cfg: &Config, args: &CallArgs) -> Result<(), String> {
             for o in outputs {
                 out.write_all(&o.payload)
                     .and_then(|_| out.write_all(b"\n"))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| CliError::io("cannot write the result", e))?;
             }
             Ok(())
         }
-        Attempted::Failed(f) => Err(format!(
+        Attempted::Failed(f) => Err(CliError::Failed(format!(
             "{} error after {} attempt(s): {}",
             f.error.class(),
             f.attempts,
             f.error
-        )),
-        Attempted::Abandoned(_) => Err("interrupted".to_owned()),
+        ))),
+        Attempted::Abandoned(_) => Err(CliError::Failed("interrupted".to_owned())),
     }
 }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use clap::{Args, Subcommand};
 use tracing::warn;
 
+use super::CliError;
 use crate::brokers::{self, BrokerErrorKind, OutMessage, Published};
 use crate::config::{Config, RouteConfig};
 use crate::message::{Headers, Message};
@@ -55,23 +56,25 @@ const FAILURE_HEADERS: &[&str] = &[
     "mqfn-failed-at",
 ];
 
-fn route<'a>(cfg: &'a Config, name: &str) -> Result<&'a RouteConfig, String> {
+fn route<'a>(cfg: &'a Config, name: &str) -> Result<&'a RouteConfig, CliError> {
     let r = cfg.route(name).ok_or_else(|| {
         let known: Vec<_> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
-        format!(
+        CliError::Usage(format!(
             "{}: no route {name:?} (known: {})",
             cfg.file.display(),
             known.join(", ")
-        )
+        ))
     })?;
     if r.dead_letter.is_none() {
-        return Err(format!("route {name} has no dead_letter"));
+        return Err(CliError::Usage(format!(
+            "route {name} has no dead_letter; only routes with one have dead letters to list or redrive"
+        )));
     }
     Ok(r)
 }
 
 /// Runs a `dlq` subcommand.
-pub async fn run(cfg: &Config, args: &DlqArgs) -> Result<(), String> {
+pub async fn run(cfg: &Config, args: &DlqArgs) -> Result<(), CliError> {
     match &args.command {
         DlqCommand::List { route: name, limit } => list(cfg, route(cfg, name)?, *limit).await,
         DlqCommand::Redrive {
@@ -82,12 +85,10 @@ pub async fn run(cfg: &Config, args: &DlqArgs) -> Result<(), String> {
     }
 }
 
-async fn list(cfg: &Config, r: &RouteConfig, limit: usize) -> Result<(), String> {
+async fn list(cfg: &Config, r: &RouteConfig, limit: usize) -> Result<(), CliError> {
     let dl = r.dead_letter.as_ref().expect("checked");
-    let broker = brokers::connect(&dl.broker, &cfg.brokers[&dl.broker], true)
-        .await
-        .map_err(|e| e.to_string())?;
-    let msgs = broker.browse(dl, limit).await.map_err(|e| e.to_string())?;
+    let broker = brokers::connect(&dl.broker, &cfg.brokers[&dl.broker], true).await?;
+    let msgs = broker.browse(dl, limit).await?;
     broker.close().await;
     println!(
         "{:<10} {:>9} {:>8} {:<10} {:<48} PAYLOAD",
@@ -114,20 +115,16 @@ async fn redrive(
     r: &RouteConfig,
     filter: &[(String, String)],
     limit: usize,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let dl = r.dead_letter.as_ref().expect("checked");
-    let dl_broker = brokers::connect(&dl.broker, &cfg.brokers[&dl.broker], true)
-        .await
-        .map_err(|e| e.to_string())?;
+    let dl_broker = brokers::connect(&dl.broker, &cfg.brokers[&dl.broker], true).await?;
     let src_broker = if r.source.broker == dl.broker {
         dl_broker.clone()
     } else {
-        brokers::connect(&r.source.broker, &cfg.brokers[&r.source.broker], true)
-            .await
-            .map_err(|e| e.to_string())?
+        brokers::connect(&r.source.broker, &cfg.brokers[&r.source.broker], true).await?
     };
     let publisher = src_broker.publisher();
-    let mut taker = dl_broker.take(dl).await.map_err(|e| e.to_string())?;
+    let mut taker = dl_broker.take(dl).await?;
     let (mut moved, mut skipped, mut dropped) = (0usize, 0usize, 0usize);
     let result = loop {
         if moved >= limit {
@@ -136,7 +133,7 @@ async fn redrive(
         let d = match taker.next().await {
             Ok(d) => d,
             Err(e) if e.kind == BrokerErrorKind::Drained => break Ok(()),
-            Err(e) => break Err(e.to_string()),
+            Err(e) => break Err(e.into()),
         };
         if !filter
             .iter()
@@ -158,14 +155,14 @@ async fn redrive(
             }
             Err(e) => {
                 let _ = d.settle.nack(std::time::Duration::ZERO).await;
-                break Err(format!("redrive stopped: {e}"));
+                break Err(CliError::Failed(format!("redrive stopped: {e}")));
             }
         }
         // Only once the source confirmed the copy is the dead letter removed.
         if let Err(e) = d.settle.ack().await {
-            break Err(format!(
+            break Err(CliError::Failed(format!(
                 "republished but could not remove the dead letter: {e}"
-            ));
+            )));
         }
         moved += 1;
     };
@@ -178,10 +175,10 @@ async fn redrive(
         r.source.describe()
     );
     if dropped > 0 && result.is_ok() {
-        return Err(format!(
+        return Err(CliError::Failed(format!(
             "{dropped} dead letter(s) left in place: the source took their copies as duplicates \
              of messages it already holds (its duplicate window); redrive them again once it has passed"
-        ));
+        )));
     }
     result
 }

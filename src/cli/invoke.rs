@@ -8,6 +8,7 @@ use clap::Args;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+use super::CliError;
 use super::MessageArgs;
 use crate::brokers::{self, Broker, BrokerErrorKind, OutMessage};
 use crate::config::{Config, Endpoint};
@@ -32,15 +33,15 @@ enum Outcome {
 }
 
 /// Runs one invocation through the brokers; prints the result payload.
-pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), String> {
+pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), CliError> {
     let route = cfg.route(&args.route).ok_or_else(|| {
         let known: Vec<_> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
-        format!(
+        CliError::Usage(format!(
             "{}: no route {:?} (known: {})",
             cfg.file.display(),
             args.route,
             known.join(", ")
-        )
+        ))
     })?;
     let payload = args.msg.read_payload()?;
     let connect = |ep: &Endpoint| {
@@ -49,7 +50,7 @@ pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), String> {
         async move {
             brokers::connect(&name, &bcfg, true)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(CliError::from)
         }
     };
     let source = connect(&route.source).await?;
@@ -61,12 +62,12 @@ pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), String> {
     let results: BoxStream<'static, Message> = match &route.output {
         Some(out) => {
             let b = connect(out).await?;
-            let s = b.tap(out).await.map_err(|e| e.to_string())?;
+            let s = b.tap(out).await?;
             keep.push(b);
             s
         }
         None => {
-            let (inbox, s) = source.inbox().await.map_err(|e| e.to_string())?;
+            let (inbox, s) = source.inbox().await?;
             reply_to = Some(inbox);
             s
         }
@@ -87,7 +88,7 @@ pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), String> {
                     );
                     futures::stream::pending().boxed()
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         }
         None => futures::stream::pending().boxed(),
@@ -108,31 +109,29 @@ pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), String> {
         reply_to,
         ..OutMessage::default()
     };
-    source
-        .publisher()
-        .publish(&route.source, msg)
-        .await
-        .map_err(|e| e.to_string())?;
+    source.publisher().publish(&route.source, msg).await?;
     let got = tokio::time::timeout(args.timeout, both.next()).await;
     drop(both); // unsubscribe before the connections close
     for b in &keep {
         b.close().await;
     }
     match got {
-        Err(_) => Err(format!(
+        Err(_) => Err(CliError::Failed(format!(
             "no result for route {} within {} (correlation id {correlation}); is `mqfn run` running with this config?",
             args.route,
             humantime::format_duration(args.timeout)
-        )),
-        Ok(None) => Err("the result subscription closed".to_owned()),
+        ))),
+        Ok(None) => Err(CliError::Failed("the result subscription closed".to_owned())),
         Ok(Some(Outcome::Result(m))) => {
             let mut out = std::io::stdout().lock();
-            out.write_all(&m.payload).and_then(|_| out.write_all(b"\n")).map_err(|e| e.to_string())
+            out.write_all(&m.payload)
+                .and_then(|_| out.write_all(b"\n"))
+                .map_err(|e| CliError::io("cannot write the result", e))
         }
-        Ok(Some(Outcome::DeadLetter(m))) => Err(format!(
+        Ok(Some(Outcome::DeadLetter(m))) => Err(CliError::Failed(format!(
             "dead-lettered after {} attempt(s): {}",
             m.headers.get("mqfn-attempts").unwrap_or("?"),
             m.headers.get("mqfn-error").unwrap_or("unknown error")
-        )),
+        ))),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod dlq;
+mod error;
 pub mod invoke;
 pub mod publish;
 pub mod status;
@@ -12,6 +13,8 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+
+pub use error::CliError;
 
 use crate::message::Headers;
 
@@ -73,7 +76,7 @@ impl MessageArgs {
     }
 
     /// Reads the payload argument.
-    pub fn read_payload(&self) -> Result<Bytes, String> {
+    pub fn read_payload(&self) -> Result<Bytes, CliError> {
         read_payload(&self.payload)
     }
 }
@@ -86,17 +89,17 @@ pub(crate) fn parse_header(s: &str) -> Result<(String, String), String> {
 }
 
 /// `-` reads stdin, `@path` reads a file, anything else is the payload.
-pub fn read_payload(arg: &str) -> Result<Bytes, String> {
+pub fn read_payload(arg: &str) -> Result<Bytes, CliError> {
     if arg == "-" {
         let mut buf = Vec::new();
         std::io::stdin()
             .read_to_end(&mut buf)
-            .map_err(|e| format!("cannot read the payload from stdin: {e}"))?;
+            .map_err(|e| CliError::io("cannot read the payload from stdin", e))?;
         Ok(buf.into())
     } else if let Some(path) = arg.strip_prefix('@') {
         std::fs::read(path)
             .map(Bytes::from)
-            .map_err(|e| format!("cannot read the payload file {path}: {e}"))
+            .map_err(|e| CliError::io(format!("cannot read the payload file {path}"), e))
     } else {
         Ok(Bytes::copy_from_slice(arg.as_bytes()))
     }
@@ -116,7 +119,7 @@ mod tests {
             read_payload(&format!("@{}", p.display())).unwrap(),
             &[0u8, 1, 2][..]
         );
-        let err = read_payload("@/no/such/file").unwrap_err();
+        let err = read_payload("@/no/such/file").unwrap_err().to_string();
         assert!(err.contains("/no/such/file"), "{err}");
     }
 

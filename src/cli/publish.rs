@@ -5,7 +5,7 @@ use std::time::Instant;
 use clap::Args;
 use futures::StreamExt;
 
-use super::MessageArgs;
+use super::{CliError, MessageArgs};
 use crate::brokers::{self, OutMessage, Role};
 use crate::config::{Config, Endpoint};
 
@@ -33,19 +33,17 @@ pub struct PublishArgs {
 }
 
 /// Publishes `count` copies, each confirmed by the broker.
-pub async fn run(cfg: &Config, args: &PublishArgs) -> Result<(), String> {
+pub async fn run(cfg: &Config, args: &PublishArgs) -> Result<(), CliError> {
     let bcfg = cfg.brokers.get(&args.broker).ok_or_else(|| {
-        format!(
+        CliError::Usage(format!(
             "{}: --broker {:?} is not in [brokers] (known: {})",
             cfg.file.display(),
             args.broker,
             cfg.brokers.keys().cloned().collect::<Vec<_>>().join(", ")
-        )
+        ))
     })?;
     let payload = args.msg.read_payload()?;
-    let broker = brokers::connect(&args.broker, bcfg, true)
-        .await
-        .map_err(|e| e.to_string())?;
+    let broker = brokers::connect(&args.broker, bcfg, true).await?;
     let publisher = broker.publisher();
     let mut keys = toml::Table::new();
     match &args.exchange {
@@ -58,13 +56,13 @@ pub async fn run(cfg: &Config, args: &PublishArgs) -> Result<(), String> {
         }
     }
     let at = Endpoint::parse(&args.broker, bcfg, Role::Target, keys).map_err(|e| {
-        format!(
+        CliError::Usage(format!(
             "--to/--exchange: {} ({}; broker {:?} is {})",
             e.message,
             e.key,
             args.broker,
             bcfg.kind()
-        )
+        ))
     })?;
     let template = OutMessage {
         payload,
@@ -81,7 +79,7 @@ pub async fn run(cfg: &Config, args: &PublishArgs) -> Result<(), String> {
     while let Some(r) = results.next().await {
         match r {
             Ok(()) => sent += 1,
-            Err(e) => failed = Some(e.to_string()),
+            Err(e) => failed = Some(e),
         }
     }
     drop(results);
@@ -94,7 +92,7 @@ pub async fn run(cfg: &Config, args: &PublishArgs) -> Result<(), String> {
         sent as f64 / secs.max(1e-9)
     );
     match failed {
-        Some(e) => Err(e),
+        Some(e) => Err(e.into()),
         None => Ok(()),
     }
 }

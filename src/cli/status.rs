@@ -2,6 +2,7 @@
 
 use clap::Args;
 
+use super::CliError;
 use crate::config::Config;
 use crate::telemetry::status::{table, Status};
 
@@ -17,7 +18,7 @@ pub struct StatusArgs {
 }
 
 /// Fetches `/status` and prints it.
-pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<(), String> {
+pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<(), CliError> {
     let addr = args
         .admin
         .clone()
@@ -25,15 +26,16 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<(), String> {
     let url = format!("http://{addr}/status");
     let resp = reqwest::get(&url)
         .await
-        .map_err(|e| format!("cannot reach {url}: {e}; is `mqfn run` running?"))?;
+        .map_err(|e| CliError::Admin(format!("cannot reach {url}: {e}; is `mqfn run` running?")))?;
     let status: Status = resp
         .json()
         .await
-        .map_err(|e| format!("bad /status answer: {e}"))?;
+        .map_err(|e| CliError::Admin(format!("{url} did not answer with a status: {e}")))?;
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
+            serde_json::to_string_pretty(&status)
+                .map_err(|e| CliError::Admin(format!("cannot print the status: {e}")))?
         );
     } else {
         print!("{}", table(&status));
