@@ -265,6 +265,12 @@ pub trait Broker: Send + Sync {
     /// Flushes pending publishes and acks, then disconnects.
     async fn close(&self);
 
+    /// Whether the broker lives in this process only (`memory`): no other
+    /// process can reach its queues.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Prefixes of the header names this broker reserves: set by it on
     /// delivery, or directives to it (`Nats-Msg-Id`, `x-death`). mqfn never
     /// copies them from a message of this broker onto what it publishes,

@@ -17,6 +17,9 @@ pub enum CliError {
     /// A publish was not confirmed.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// The route could not be started in process.
+    #[error(transparent)]
+    App(#[from] crate::app::AppError),
     /// The handler could not be built.
     #[error(transparent)]
     Handler(#[from] BuildError),

@@ -10,8 +10,9 @@ use futures::StreamExt;
 
 use super::CliError;
 use super::MessageArgs;
+use crate::app::App;
 use crate::brokers::{self, Broker, BrokerErrorKind, OutMessage};
-use crate::config::{Config, Endpoint};
+use crate::config::{Config, Endpoint, RouteConfig};
 use crate::message::{Message, CORRELATION_HEADER};
 
 /// Arguments of `mqfn invoke`.
@@ -54,6 +55,12 @@ pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), CliError> {
         }
     };
     let source = connect(&route.source).await?;
+    // No `mqfn run` elsewhere can reach an in-process broker: run the
+    // route here, for this one invocation.
+    let local = match source.is_local() {
+        true => Some(Local::start(cfg, route).await?),
+        false => None,
+    };
     let correlation = uuid::Uuid::new_v4().to_string();
     let mut headers = args.msg.header_set();
     headers.set(CORRELATION_HEADER, correlation.clone());
@@ -112,6 +119,9 @@ pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), CliError> {
     source.publisher().publish(&route.source, msg).await?;
     let got = tokio::time::timeout(args.timeout, both.next()).await;
     drop(both); // unsubscribe before the connections close
+    if let Some(l) = local {
+        l.stop().await;
+    }
     for b in &keep {
         b.close().await;
     }
@@ -133,5 +143,30 @@ pub async fn run(cfg: &Config, args: &InvokeArgs) -> Result<(), CliError> {
             m.headers.get("mqfn-attempts").unwrap_or("?"),
             m.headers.get("mqfn-error").unwrap_or("unknown error")
         ))),
+    }
+}
+
+/// The route, running in this process (its source is in-process too).
+struct Local {
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Local {
+    async fn start(cfg: &Config, route: &RouteConfig) -> Result<Self, CliError> {
+        let mut one = cfg.clone();
+        one.routes = vec![route.clone()];
+        one.admin.listen = "127.0.0.1:0".to_owned();
+        let app = App::start(&one).await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { stop, done })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.done.await;
     }
 }

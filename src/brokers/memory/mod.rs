@@ -131,6 +131,10 @@ impl Broker for MemoryBroker {
         Ok(Box::new(source::TakeSource::new(&self.name, queue)))
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     async fn close(&self) {}
 }
 
