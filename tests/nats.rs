@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use common::{cli, eventually, free_port, metric, nats_url, rand_name, Mqfn};
+use common::{cli, eventually, free_port, js_header as header, metric, nats_url, rand_name, Mqfn};
 use futures::StreamExt;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -165,14 +165,6 @@ async fn collect(
         }
     }
     out
-}
-
-fn header(m: &async_nats::jetstream::Message, name: &str) -> String {
-    m.headers
-        .as_ref()
-        .and_then(|h| h.get(name))
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| panic!("header {name} missing"))
 }
 
 #[tokio::test]

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use common::{eventually, free_port, hostile, metric, nats_url, rand_name, Mqfn};
+use common::{
+    eventually, free_port, hostile, js_header as header, metric, nats_url, rand_name, Mqfn,
+};
 use futures::StreamExt;
 
 const LONG: Duration = Duration::from_secs(180);
@@ -371,15 +373,6 @@ async fn hostile_input_is_dead_lettered_with_the_reason() {
         reasons.insert(id, header(&m, "mqfn-error"));
     }
     hostile::assert_reasons(&reasons);
-}
-
-/// Header `name` of a message read from the stream.
-fn header(m: &jetstream::Message, name: &str) -> String {
-    m.headers
-        .as_ref()
-        .and_then(|h| h.get(name))
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| panic!("header {name} missing"))
 }
 
 /// Supervision on a real broker: deleting the route's durable ends its

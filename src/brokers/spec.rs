@@ -4,6 +4,7 @@
 
 use std::any::Any;
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -68,6 +69,40 @@ pub trait Kind: Sync {
     fn name(&self) -> &'static str;
     /// Parses the broker's keys (all but `kind`) into its typed config.
     fn config(&self, keys: toml::Table) -> Result<Arc<dyn BrokerSpec>, KeyError>;
+}
+
+/// The usual [`Kind`]: one whose broker table deserializes into the typed
+/// config `C` (`deny_unknown_fields`).
+pub struct TypedKind<C> {
+    name: &'static str,
+    config: PhantomData<fn() -> C>,
+}
+
+impl<C> TypedKind<C> {
+    /// The kind called `name` (`kind = "name"`).
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            config: PhantomData,
+        }
+    }
+}
+
+impl<C: DeserializeOwned + BrokerSpec + 'static> Kind for TypedKind<C> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn config(&self, keys: toml::Table) -> Result<Arc<dyn BrokerSpec>, KeyError> {
+        Ok(Arc::new(typed::<C>(keys)?))
+    }
+}
+
+/// The error for an address key given empty, or none.
+pub fn non_empty(key: &str, value: &str) -> Vec<KeyError> {
+    match value.is_empty() {
+        true => vec![KeyError::new(key, format!("the {key} is empty"))],
+        false => Vec::new(),
+    }
 }
 
 /// A broker's typed, parsed config.

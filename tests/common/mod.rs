@@ -353,6 +353,15 @@ pub async fn js_read_at_least(
     .await
 }
 
+/// Header `name` of a message read from a stream; panics when missing.
+pub fn js_header(m: &async_nats::jetstream::Message, name: &str) -> String {
+    m.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| panic!("header {name} missing"))
+}
+
 /// Every message on `subject` in `stream` now, oldest first, read with an
 /// ephemeral consumer that acknowledges nothing.
 pub async fn js_read(

@@ -9,23 +9,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::brokers::{typed, Broker, BrokerError, BrokerSpec, EndpointSpec, KeyError, Kind, Role};
+use crate::brokers::{
+    non_empty, typed, Broker, BrokerError, BrokerSpec, EndpointSpec, KeyError, Kind, Role,
+    TypedKind,
+};
 use crate::config::checks;
 
-/// The registry entry.
-pub struct AmqpKind;
-
-/// The one value of [`AmqpKind`], for [`crate::brokers::KINDS`].
-pub static KIND: AmqpKind = AmqpKind;
-
-impl Kind for AmqpKind {
-    fn name(&self) -> &'static str {
-        "amqp"
-    }
-    fn config(&self, keys: toml::Table) -> Result<Arc<dyn BrokerSpec>, KeyError> {
-        Ok(Arc::new(typed::<AmqpConfig>(keys)?))
-    }
-}
+/// The registry entry, for [`crate::brokers::KINDS`].
+pub static KIND: TypedKind<AmqpConfig> = TypedKind::new("amqp");
 
 /// An AMQP 0.9.1 connection and the topology mqfn declares on it.
 #[derive(Debug, Clone, Deserialize)]
@@ -227,10 +218,7 @@ impl EndpointSpec for AmqpSource {
         self.queue.clone()
     }
     fn validate(&self) -> Vec<KeyError> {
-        match self.queue.is_empty() {
-            true => vec![KeyError::new("queue", "the queue is empty")],
-            false => Vec::new(),
-        }
+        non_empty("queue", &self.queue)
     }
     fn as_any(&self) -> &dyn Any {
         self

@@ -9,23 +9,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::brokers::{typed, Broker, BrokerError, BrokerSpec, EndpointSpec, KeyError, Kind, Role};
+use crate::brokers::{
+    non_empty, typed, Broker, BrokerError, BrokerSpec, EndpointSpec, KeyError, Kind, Role,
+    TypedKind,
+};
 use crate::config::checks;
 
-/// The registry entry.
-pub struct KafkaKind;
-
-/// The one value of [`KafkaKind`], for [`crate::brokers::KINDS`].
-pub static KIND: KafkaKind = KafkaKind;
-
-impl Kind for KafkaKind {
-    fn name(&self) -> &'static str {
-        "kafka"
-    }
-    fn config(&self, keys: toml::Table) -> Result<Arc<dyn BrokerSpec>, KeyError> {
-        Ok(Arc::new(typed::<KafkaConfig>(keys)?))
-    }
-}
+/// The registry entry, for [`crate::brokers::KINDS`].
+pub static KIND: TypedKind<KafkaConfig> = TypedKind::new("kafka");
 
 /// A Kafka connection.
 #[derive(Debug, Clone, Deserialize)]
@@ -182,10 +173,7 @@ impl KafkaConfig {
 }
 
 fn topic_problems(topic: &str, create: Option<&TopicCreate>) -> Vec<KeyError> {
-    let mut errors = Vec::new();
-    if topic.is_empty() {
-        errors.push(KeyError::new("topic", "the topic is empty"));
-    }
+    let mut errors = non_empty("topic", topic);
     if let Some(c) = create {
         c.validate(&mut errors);
     }

@@ -7,22 +7,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::brokers::{typed, Broker, BrokerError, BrokerSpec, EndpointSpec, KeyError, Kind, Role};
+use crate::brokers::{
+    non_empty, typed, Broker, BrokerError, BrokerSpec, EndpointSpec, KeyError, Kind, Role,
+    TypedKind,
+};
 
-/// The registry entry.
-pub struct MemoryKind;
-
-/// The one value of [`MemoryKind`], for [`crate::brokers::KINDS`].
-pub static KIND: MemoryKind = MemoryKind;
-
-impl Kind for MemoryKind {
-    fn name(&self) -> &'static str {
-        "memory"
-    }
-    fn config(&self, keys: toml::Table) -> Result<Arc<dyn BrokerSpec>, KeyError> {
-        Ok(Arc::new(typed::<MemoryConfig>(keys)?))
-    }
-}
+/// The registry entry, for [`crate::brokers::KINDS`].
+pub static KIND: TypedKind<MemoryConfig> = TypedKind::new("memory");
 
 /// An in-process broker.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -69,10 +60,7 @@ impl EndpointSpec for MemoryEndpoint {
         self.queue.clone()
     }
     fn validate(&self) -> Vec<KeyError> {
-        match self.queue.is_empty() {
-            true => vec![KeyError::new("queue", "the queue is empty")],
-            false => Vec::new(),
-        }
+        non_empty("queue", &self.queue)
     }
     fn as_any(&self) -> &dyn Any {
         self

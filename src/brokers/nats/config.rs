@@ -9,24 +9,13 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::brokers::{
-    typed, Broker, BrokerError, BrokerSpec, EndpointSpec, Guarantee, KeyError, Kind, Role,
+    non_empty, typed, Broker, BrokerError, BrokerSpec, EndpointSpec, Guarantee, KeyError, Kind,
+    Role, TypedKind,
 };
 use crate::config::checks;
 
-/// The registry entry.
-pub struct NatsKind;
-
-/// The one value of [`NatsKind`], for [`crate::brokers::KINDS`].
-pub static KIND: NatsKind = NatsKind;
-
-impl Kind for NatsKind {
-    fn name(&self) -> &'static str {
-        "nats"
-    }
-    fn config(&self, keys: toml::Table) -> Result<Arc<dyn BrokerSpec>, KeyError> {
-        Ok(Arc::new(typed::<NatsConfig>(keys)?))
-    }
-}
+/// The registry entry, for [`crate::brokers::KINDS`].
+pub static KIND: TypedKind<NatsConfig> = TypedKind::new("nats");
 
 /// A NATS connection.
 #[derive(Debug, Clone, Deserialize)]
@@ -216,10 +205,7 @@ impl EndpointSpec for NatsSource {
     }
 
     fn validate(&self) -> Vec<KeyError> {
-        let mut errors = Vec::new();
-        if self.subject.is_empty() {
-            errors.push(KeyError::new("subject", "the subject is empty"));
-        }
+        let mut errors = non_empty("subject", &self.subject);
         if self.stream.is_none() {
             for (given, key) in [
                 (self.durable.is_some(), "durable"),
@@ -273,10 +259,7 @@ impl EndpointSpec for NatsTarget {
     }
 
     fn validate(&self) -> Vec<KeyError> {
-        match self.subject.is_empty() {
-            true => vec![KeyError::new("subject", "the subject is empty")],
-            false => Vec::new(),
-        }
+        non_empty("subject", &self.subject)
     }
 
     fn as_any(&self) -> &dyn Any {
