@@ -19,8 +19,7 @@ use tracing::{info, warn};
 
 pub use invoke::{backoff, Attempted, Failure};
 
-use crate::brokers::Delivery;
-use crate::brokers::{reconnect_delay, BrokerError, BrokerErrorKind, Publisher, Source};
+use crate::brokers::{reconnect_delay, BrokerError, BrokerErrorKind, Delivery, Publisher, Source};
 use crate::config::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig};
 use crate::pool::instances::Instances;
 use crate::pool::WorkerPool;

@@ -9,8 +9,7 @@ use tracing::{debug, error, warn};
 
 use super::meters::Outcome;
 use super::{Attempted, Failure, Route};
-use crate::brokers::Delivery;
-use crate::brokers::{OutMessage, PublishError, PublishErrorKind};
+use crate::brokers::{Delivery, OutMessage, PublishError, PublishErrorKind};
 use crate::message::{Headers, Message, REPLY_HEADER};
 use crate::telemetry::names;
 

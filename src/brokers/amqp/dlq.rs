@@ -13,8 +13,7 @@ use lapin::Channel;
 use super::connection::Link;
 use super::headers::{message, short};
 use super::topology;
-use crate::brokers::{BacklogProbe, BrokerError, Source};
-use crate::brokers::{Delivery, Settle};
+use crate::brokers::{BacklogProbe, BrokerError, Delivery, Settle, Source};
 use crate::message::Message;
 
 async fn get(

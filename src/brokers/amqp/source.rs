@@ -20,8 +20,7 @@ use super::connection::Link;
 use super::headers::{self, short, Counts, ATTEMPT_HEADER};
 use super::sink::AmqpPublisher;
 use super::topology;
-use crate::brokers::{BacklogProbe, BrokerError, Source};
-use crate::brokers::{Delivery, Settle};
+use crate::brokers::{BacklogProbe, BrokerError, Delivery, Settle, Source};
 use crate::config::RouteConfig;
 
 /// The longest a nack holds a delivery before handing it back, so that a

@@ -24,8 +24,7 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use super::KafkaConfig;
 use super::{admin, base_config, sink, LogContext, REQUEST_TIMEOUT};
-use crate::brokers::{BacklogProbe, BrokerError, OutMessage, Source};
-use crate::brokers::{Delivery, Settle};
+use crate::brokers::{BacklogProbe, BrokerError, Delivery, OutMessage, Settle, Source};
 use crate::message::Message;
 
 /// How long a read may see nothing at all before the rest counts as read.

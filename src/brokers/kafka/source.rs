@@ -25,8 +25,7 @@ use super::offsets::{Tp, Tracker};
 use super::rebalance::GroupContext;
 use super::ConsumerBacklog;
 use super::{KafkaConfig, KafkaSource as SourceKeys};
-use crate::brokers::{BacklogProbe, BrokerError, Source};
-use crate::brokers::{Delivery, Settle};
+use crate::brokers::{BacklogProbe, BrokerError, Delivery, Settle, Source};
 use crate::config::RouteConfig;
 use crate::message::Message;
 

@@ -8,8 +8,7 @@ use async_trait::async_trait;
 
 use super::queue::Stored;
 use super::Queue;
-use crate::brokers::{BacklogProbe, BrokerError, Source};
-use crate::brokers::{Delivery, Settle};
+use crate::brokers::{BacklogProbe, BrokerError, Delivery, Settle, Source};
 
 /// A route's consumer of one queue.
 pub struct MemorySource {

@@ -9,8 +9,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::headers::from_header_map;
-use crate::brokers::{BacklogProbe, BrokerError, Source};
-use crate::brokers::{Delivery, Settle};
+use crate::brokers::{BacklogProbe, BrokerError, Delivery, Settle, Source};
 use crate::message::{Message, Position};
 
 /// Finds the stream that stores `subject`.

@@ -7,8 +7,7 @@ use futures::{FutureExt, StreamExt};
 
 use super::headers::{core_message, from_header_map};
 use super::{ConsumerBacklog, NatsSource};
-use crate::brokers::{BacklogProbe, BrokerError, Source};
-use crate::brokers::{Delivery, NoSettle, Settle};
+use crate::brokers::{BacklogProbe, BrokerError, Delivery, NoSettle, Settle, Source};
 use crate::config::RouteConfig;
 use crate::message::{Message, Position};
 
