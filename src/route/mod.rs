@@ -174,6 +174,9 @@ impl Route {
                     self.dispatch(d, permit, &drivers, &shutdown);
                 }
                 Err(e) if e.kind == BrokerErrorKind::Terminal => {
+                    // Not ready from now on, while the rest drains.
+                    self.stats.set_subscribed(false);
+                    self.stats.error(e.to_string());
                     ended = Ended::Failed(e);
                     break;
                 }

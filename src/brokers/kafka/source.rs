@@ -33,6 +33,21 @@ use crate::message::Message;
 /// ahead, a huge one does not hold more than this many.
 const HANDOFF_MIN: usize = 16;
 const HANDOFF_MAX: usize = 4096;
+/// Records the poll thread may hold beyond the hand-off channel (it polls
+/// once per second while the channel is full).
+const HELD_SLACK: usize = 64;
+
+/// The pause threshold of each partition: `partition_window`, but never
+/// below what the route itself keeps polled and unsettled in normal flow
+/// (its in-flight window, the hand-off channel and what the poll thread
+/// holds). Below that, a fast single-partition route paused (which drops
+/// librdkafka's prefetch) and refetched every window: at
+/// `workers.max = 256` it ran at 0.05 of a bare consumer
+/// (docs/benchmarks.md, "The Kafka cliff").
+fn pause_threshold(partition_window: usize, window: usize) -> usize {
+    let buffered = window + window.clamp(HANDOFF_MIN, HANDOFF_MAX) + HELD_SLACK;
+    partition_window.max(buffered)
+}
 
 /// A nacked record waiting to be yielded again.
 struct Retry {
@@ -77,7 +92,16 @@ impl KafkaSource {
             )
         };
         let topic = src.topic.as_str();
-        let tracker = Arc::new(Tracker::new(cfg.partition_window));
+        let threshold = pause_threshold(cfg.partition_window, window);
+        if threshold > cfg.partition_window {
+            info!(
+                route = %route.name,
+                partition_window = cfg.partition_window,
+                pause_at = threshold,
+                "partition_window is below what the route buffers; a partition is paused only past that."
+            );
+        }
+        let tracker = Arc::new(Tracker::new(threshold));
         let ctx = GroupContext::new(broker, &route.name, tracker.clone());
         let consumer: BaseConsumer<GroupContext> = config
             .create_with_context(ctx)
@@ -225,5 +249,26 @@ impl Settle for KafkaSettle {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_is_never_paused_for_what_the_route_itself_buffers() {
+        // The cliff: workers.max = 256 gives a window of 512, which with
+        // the hand-off channel keeps 1,024 records pending, above the
+        // default partition_window of 1,000.
+        assert_eq!(pause_threshold(1000, 512), 512 + 512 + HELD_SLACK);
+        assert_eq!(
+            pause_threshold(1000, 256),
+            1000,
+            "small routes keep the setting"
+        );
+        assert_eq!(pause_threshold(10, 2), 2 + HANDOFF_MIN + HELD_SLACK);
+        assert_eq!(pause_threshold(1000, 8192), 8192 + HANDOFF_MAX + HELD_SLACK);
+        assert_eq!(pause_threshold(100_000, 512), 100_000);
     }
 }
