@@ -97,13 +97,22 @@ impl Position {
     /// `scope` (a stream name, a topic; empty when the source address is
     /// scope enough).
     pub fn stable(scope: &str, at: &str) -> Self {
-        let mut text = String::with_capacity(scope.len() + at.len() + 1);
+        Self::stable_parts(scope, &[at])
+    }
+
+    /// As [`Position::stable`], with the shown part given in pieces
+    /// (`["3", "/", "1017"]`), so that it is built in one allocation.
+    pub fn stable_parts(scope: &str, at: &[&str]) -> Self {
+        let len: usize = at.iter().map(|p| p.len()).sum();
+        let mut text = String::with_capacity(scope.len() + len + 1);
         if !scope.is_empty() {
             text.push_str(scope);
             text.push(':');
         }
         let shown = text.len();
-        text.push_str(at);
+        for part in at {
+            text.push_str(part);
+        }
         Self {
             text,
             shown,
@@ -234,6 +243,8 @@ mod tests {
         assert_eq!(p.to_string(), "42");
         assert_eq!(p.identity(), Some("ORDERS:42"));
         let p = Position::stable("", "3/17").in_partition(3);
+        let q = Position::stable_parts("t", &["3", "/", "17"]).in_partition(3);
+        assert_eq!((q.as_str(), q.identity()), ("3/17", Some("t:3/17")));
         assert_eq!(
             (p.as_str(), p.identity(), p.partition()),
             ("3/17", Some("3/17"), Some(3))

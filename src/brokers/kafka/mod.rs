@@ -166,11 +166,9 @@ pub fn to_message(m: &BorrowedMessage<'_>, route: &str) -> Message {
 
 /// `partition/offset` in the topic, stable across redeliveries.
 fn position(topic: &str, partition: i32, offset: i64) -> Position {
-    let mut at = String::with_capacity(24);
-    at.push_str(itoa::Buffer::new().format(partition));
-    at.push('/');
-    at.push_str(itoa::Buffer::new().format(offset));
-    Position::stable(topic, &at).in_partition(partition)
+    let (mut p, mut o) = (itoa::Buffer::new(), itoa::Buffer::new());
+    Position::stable_parts(topic, &[p.format(partition), "/", o.format(offset)])
+        .in_partition(partition)
 }
 
 #[async_trait]

@@ -82,8 +82,10 @@ impl Queue {
             msg,
             deliveries: 0,
         };
-        let seen = self.message(&stored, "");
-        s.taps.retain(|t| t.send(seen.clone()).is_ok());
+        if !s.taps.is_empty() {
+            let seen = self.message(&stored, "");
+            s.taps.retain(|t| t.send(seen.clone()).is_ok());
+        }
         s.ready.push_back(stored);
         drop(s);
         self.changed.notify_waiters();
