@@ -81,13 +81,6 @@ impl Endpoint {
         Ok(Self::new(broker, cfg.endpoint(role, keys)?))
     }
 
-    /// An endpoint at `address` alone (`subject`: every kind takes it).
-    pub fn at(broker: &str, cfg: &BrokerConfig, address: &str) -> Result<Self, KeyError> {
-        let mut keys = toml::Table::new();
-        keys.insert("subject".into(), address.into());
-        Self::parse(broker, cfg, Role::Target, keys)
-    }
-
     /// Hands the raw keys to the broker's kind.
     pub(super) fn resolve(&mut self, cfg: &BrokerConfig, role: Role) -> Result<(), KeyError> {
         if let Some(raw) = self.spec.as_any().downcast_ref::<Unresolved>() {
