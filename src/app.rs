@@ -265,7 +265,7 @@ async fn route_task(
             }
         }
     };
-    h.subscribed(source.backlog_probe());
+    h.subscribed(source.backlog_probe(), source.joined());
     info!(route = %h.cfg.name, source = %h.cfg.source.describe(), handler = %h.cfg.handler, "Subscribed.");
     h.route.clone().run(source, window, shutdown, drain).await
 }

@@ -27,6 +27,7 @@ pub struct RouteHandle {
     pub cfg: RouteConfig,
     decisions: Mutex<VecDeque<Decision>>,
     probe: Mutex<Option<Arc<dyn BacklogProbe>>>,
+    joined: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
     restarts: AtomicU64,
     failure: Mutex<Option<(SystemTime, String)>>,
 }
@@ -45,14 +46,22 @@ impl RouteHandle {
             cfg,
             decisions: Mutex::default(),
             probe: Mutex::default(),
+            joined: Mutex::default(),
             restarts: AtomicU64::new(0),
             failure: Mutex::default(),
         }
     }
 
-    /// The source is subscribed; `probe` reports its broker-side backlog.
-    pub fn subscribed(&self, probe: Option<Arc<dyn BacklogProbe>>) {
+    /// The source is subscribed; `probe` reports its broker-side backlog,
+    /// and `joined` (see [`crate::brokers::Source::joined`]) turns true
+    /// once it receives.
+    pub fn subscribed(
+        &self,
+        probe: Option<Arc<dyn BacklogProbe>>,
+        joined: Option<tokio::sync::watch::Receiver<bool>>,
+    ) {
         *lock(&self.probe) = probe;
+        *lock(&self.joined) = joined;
         *lock(&self.failure) = None;
         self.route.stats.set_subscribed(true);
     }
@@ -78,6 +87,25 @@ impl RouteHandle {
     /// Why the route is down, while it is.
     pub fn failure(&self) -> Option<(SystemTime, String)> {
         lock(&self.failure).clone()
+    }
+
+    /// Subscribed and receiving: a consumer group member has had its first
+    /// assignment.
+    pub fn is_joined(&self) -> bool {
+        lock(&self.joined).as_ref().map_or(true, |j| *j.borrow())
+    }
+
+    /// Why the route does not receive yet, if it does not.
+    pub fn not_ready(&self) -> Option<String> {
+        let name = &self.cfg.name;
+        if !self.route.stats.is_subscribed() {
+            return Some(match self.failure() {
+                Some((_, why)) => format!("route {name} failed ({why}) and is restarting"),
+                None => format!("route {name} is not subscribed"),
+            });
+        }
+        (!self.is_joined())
+            .then(|| format!("route {name} is joining its consumer group (no assignment yet)"))
     }
 
     /// The backlog probe, once subscribed.
@@ -124,17 +152,7 @@ impl AppState {
             .values()
             .filter(|b| !b.is_up())
             .map(|b| format!("broker {} is down", b.name()))
-            .chain(
-                self.routes
-                    .iter()
-                    .filter(|r| !r.route.stats.is_subscribed())
-                    .map(|r| match r.failure() {
-                        Some((_, why)) => {
-                            format!("route {} failed ({why}) and is restarting", r.cfg.name)
-                        }
-                        None => format!("route {} is not subscribed", r.cfg.name),
-                    }),
-            )
+            .chain(self.routes.iter().filter_map(|r| r.not_ready()))
             .collect();
         if down.is_empty() {
             Ok(())

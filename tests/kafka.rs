@@ -66,6 +66,28 @@ async fn twenty_thousand_messages_each_get_exactly_one_result() {
     assert_eq!(settled, Some(N as f64));
 }
 
+/// `/readyz` answers 200 only once the route's consumer has had its group
+/// assignment: before, a message published on "ready" waited for the join
+/// (half of `session.timeout.ms` on the test broker, or
+/// `group.initial.rebalance.delay.ms` on Kafka).
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_waits_for_the_group_assignment() {
+    let f = Fixture::new(2);
+    let m = started(&f.config("echo", "", "workers = { min = 0, max = 4 }")).await;
+    let _log = dump("", &m);
+    // The assignment is logged before the route counts as joined.
+    assert!(
+        m.log_text().contains("Partitions assigned"),
+        "ready before the assignment:\n{}",
+        m.log_text()
+    );
+    let status = m.status().await;
+    assert_eq!(status["routes"][0]["joined"], true, "{status}");
+    f.produce([Rec::new(0, "hi")]).await;
+    let mut out = f.reader("out", 2);
+    out.until_distinct(1, LONG).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_three_times_loses_nothing() {
     const N: usize = 10_000;

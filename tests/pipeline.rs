@@ -554,6 +554,33 @@ async fn a_source_that_fails_for_good_is_reported_and_restarted() {
     .await;
 }
 
+/// Ready means receiving: a subscribed source that has not joined yet (a
+/// Kafka group member before its first assignment) keeps `/readyz` at 503
+/// with the reason, and `/status` shows it.
+#[tokio::test(start_paused = true)]
+async fn a_route_is_not_ready_until_its_source_has_joined() {
+    within(async {
+        let bed = Bed::start_with(&[], &[], |hub| hub.queue("in").hold_joins()).await;
+        bed.until(|b| b.status().subscribed).await;
+        let down = bed.state.readiness().expect_err("not ready before joining");
+        assert_eq!(
+            down,
+            [format!(
+                "route {} is joining its consumer group (no assignment yet)",
+                bed.route
+            )]
+        );
+        assert!(!bed.status().joined);
+        bed.hub.queue("in").release_joins();
+        assert!(bed.state.readiness().is_ok());
+        assert!(bed.status().joined);
+        bed.send("x");
+        assert_eq!(payloads(&bed.take("out", 1).await), ["x"]);
+        bed.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_panicking_route_task_is_reported_and_restarted() {
     within(async {

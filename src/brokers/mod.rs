@@ -224,6 +224,13 @@ pub trait Source: Send {
     async fn next(&mut self) -> Result<Delivery, BrokerError>;
     /// A probe for the broker-side backlog, when the broker has one.
     fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>>;
+    /// Whether the source has been given its share of the input yet, for
+    /// a source that is not receiving as soon as it is subscribed (a Kafka
+    /// group member before its first assignment). `None`: subscribed is
+    /// receiving. The route is not ready (`/readyz`) until it turns true.
+    fn joined(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
     /// Stops consuming; pending acks are flushed.
     async fn close(&mut self) {}
 }

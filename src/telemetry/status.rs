@@ -42,6 +42,9 @@ pub struct RouteStatus {
     pub handler: String,
     /// Subscribed to its source.
     pub subscribed: bool,
+    /// Subscribed and receiving: a Kafka consumer has had its first group
+    /// assignment (other sources receive once subscribed).
+    pub joined: bool,
     /// Times the route was restarted after a panic or a source that
     /// failed for good.
     #[serde(default)]
@@ -127,6 +130,7 @@ pub fn snapshot(app: &AppState) -> Status {
                     source: h.cfg.source.describe(),
                     handler: h.cfg.handler.clone(),
                     subscribed: s.is_subscribed(),
+                    joined: s.is_subscribed() && h.is_joined(),
                     restarts: h.restarts(),
                     failure: h.failure().map(|(at, message)| LastError {
                         at: rfc3339(at),

@@ -28,6 +28,9 @@ pub struct GroupContext {
     /// Set at shutdown: revokes then skip waiting (the route already
     /// drained or gave up).
     pub(super) closing: AtomicBool,
+    /// Turns true at the first assignment, even an empty one (more members
+    /// than partitions): the member has joined the group.
+    joined: tokio::sync::watch::Sender<bool>,
 }
 
 impl GroupContext {
@@ -38,7 +41,13 @@ impl GroupContext {
             route: route.to_owned(),
             tracker,
             closing: AtomicBool::new(false),
+            joined: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Watches whether the member has joined (had its first assignment).
+    pub fn joined(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.joined.subscribe()
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
@@ -98,6 +107,8 @@ impl ConsumerContext for GroupContext {
             if let Err(e) = consumer.resume(tpl) {
                 debug!(route = %self.route, error = %e, "Could not resume newly assigned partitions.");
             }
+            // After the assignment is in place, and after its log line.
+            self.joined.send_replace(true);
         }
     }
 

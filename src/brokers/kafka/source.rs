@@ -69,6 +69,7 @@ pub struct KafkaSource {
     /// Nacked records by due time (and arrival, to keep them apart).
     waiting: BTreeMap<(Instant, u64), Retry>,
     seq: u64,
+    joined: tokio::sync::watch::Receiver<bool>,
     thread: Option<PollThread>,
 }
 
@@ -103,6 +104,7 @@ impl KafkaSource {
         }
         let tracker = Arc::new(Tracker::new(threshold));
         let ctx = GroupContext::new(broker, &route.name, tracker.clone());
+        let joined = ctx.joined();
         let consumer: BaseConsumer<GroupContext> = config
             .create_with_context(ctx)
             .map_err(|e| setup(format!("cannot create the consumer: {e}")))?;
@@ -124,6 +126,7 @@ impl KafkaSource {
             retry_rx,
             waiting: BTreeMap::new(),
             seq: 0,
+            joined,
             thread: Some(thread),
         })
     }
@@ -207,6 +210,10 @@ impl Source for KafkaSource {
             lag: self.lag.clone(),
             tracker: self.tracker.clone(),
         }))
+    }
+
+    fn joined(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.joined.clone())
     }
 
     async fn close(&mut self) {

@@ -43,6 +43,8 @@ pub struct Queue {
     name: String,
     state: Mutex<State>,
     changed: Notify,
+    /// Whether subscribers count as joined (see [`Queue::hold_joins`]).
+    joins: tokio::sync::watch::Sender<bool>,
 }
 
 impl Queue {
@@ -51,6 +53,7 @@ impl Queue {
             name: name.to_owned(),
             state: Mutex::new(State::default()),
             changed: Notify::new(),
+            joins: tokio::sync::watch::Sender::new(true),
         }
     }
 
@@ -133,6 +136,23 @@ impl Queue {
     /// queue would be.
     pub fn refuse_subscribes(&self, n: usize) {
         self.state().refuse_subscribes = n;
+    }
+
+    /// Subscribers report that they have not joined yet, as a Kafka
+    /// group member before its first assignment, until
+    /// [`Queue::release_joins`].
+    pub fn hold_joins(&self) {
+        self.joins.send_replace(false);
+    }
+
+    /// Subscribers have joined.
+    pub fn release_joins(&self) {
+        self.joins.send_replace(true);
+    }
+
+    /// Watches whether subscribers have joined.
+    pub(super) fn joined(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.joins.subscribe()
     }
 
     /// Takes one scripted receive fault: `Some(true)` to panic,

@@ -46,6 +46,10 @@ impl Source for MemorySource {
     fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>> {
         Some(Arc::new(Backlog(self.queue.clone())))
     }
+
+    fn joined(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.queue.joined())
+    }
 }
 
 /// What waits on the queue.
