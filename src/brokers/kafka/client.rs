@@ -53,7 +53,9 @@ fn force(c: &mut ClientConfig, broker: &str, key: &str, value: &str) {
 
 pub(super) fn producer_config(name: &str, cfg: &KafkaConfig) -> ClientConfig {
     let client_id = format!("mqfn/{name}");
-    let mut c = base_config(cfg, &[("client.id", &client_id)]);
+    let mut defaults = vec![("client.id", client_id.as_str())];
+    defaults.extend_from_slice(cfg.latency.producer());
+    let mut c = base_config(cfg, &defaults);
     // No duplicates or reordering from producer retries; implies acks=all.
     force(&mut c, name, "enable.idempotence", "true");
     c
@@ -71,22 +73,21 @@ pub(super) fn consumer_config(
 ) -> ClientConfig {
     let client_id = format!("mqfn/{name}/{}", route.name);
     let reset = src.auto_offset_reset.as_str();
-    let mut c = base_config(
-        cfg,
-        &[
-            ("client.id", &client_id),
-            ("auto.offset.reset", reset),
-            ("enable.partition.eof", "false"),
-            // librdkafka prefetches up to 64 MiB by default, whatever the
-            // route's window. 1 MiB keeps a fast broker streaming (the same
-            // throughput as 4 MiB) and RSS under a 1M backlog within the
-            // memory goal (docs/benchmarks.md).
-            ("queued.max.messages.kbytes", PREFETCH_KBYTES),
-            // With a small prefetch queue the default 1 s back-off after
-            // the queue fills stalls the partition; fetch again soon.
-            ("fetch.queue.backoff.ms", "10"),
-        ],
-    );
+    let mut defaults = vec![
+        ("client.id", client_id.as_str()),
+        ("auto.offset.reset", reset),
+        ("enable.partition.eof", "false"),
+        // librdkafka prefetches up to 64 MiB by default, whatever the
+        // route's window. 1 MiB keeps a fast broker streaming (the same
+        // throughput as 4 MiB) and RSS under a 1M backlog within the
+        // memory goal (docs/benchmarks.md).
+        ("queued.max.messages.kbytes", PREFETCH_KBYTES),
+        // With a small prefetch queue the default 1 s back-off after
+        // the queue fills stalls the partition; fetch again soon.
+        ("fetch.queue.backoff.ms", "10"),
+    ];
+    defaults.extend_from_slice(cfg.latency.consumer());
+    let mut c = base_config(cfg, &defaults);
     // The route's own group, whatever a shared property says.
     c.set("group.id", group_of(route, src));
     // Offsets are stored and committed by mqfn, contiguously, after the
@@ -143,4 +144,64 @@ pub(super) fn log(broker: &str, level: RDKafkaLogLevel, fac: &str, line: &str) {
 
 pub(super) fn on_error(broker: &str, error: &KafkaError, reason: &str) {
     warn!(broker, error = %error, reason, "Kafka client error; it reconnects by itself.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(broker_keys: &str) -> crate::config::Config {
+        let text = format!(
+            r#"
+[brokers.k]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+{broker_keys}
+
+[[routes]]
+name = "r"
+source = {{ broker = "k", topic = "in" }}
+handler = "echo"
+dead_letter = {{ broker = "k", topic = "in.dlq" }}
+"#
+        );
+        crate::config::Config::from_str(&text, std::path::Path::new("t.toml")).expect("valid")
+    }
+
+    fn kafka(keys: &str) -> (KafkaConfig, crate::config::Config) {
+        let cfg = config(keys);
+        let k: KafkaConfig =
+            toml::from_str(&format!("bootstrap = \"127.0.0.1:9092\"\n{keys}")).expect("kafka keys");
+        (k, cfg)
+    }
+
+    #[test]
+    fn low_latency_sets_fetch_and_linger_and_properties_still_win() {
+        let (k, cfg) = kafka("latency = \"low\"\nproperties = { \"linger.ms\" = \"2\" }");
+        let route = &cfg.routes[0];
+        let src = route.source.get::<KafkaSource>().expect("a kafka source");
+        let c = consumer_config("k", &k, route, src);
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("5"));
+        assert_eq!(c.get("socket.nagle.disable"), Some("true"));
+        let p = producer_config("k", &k);
+        assert_eq!(p.get("linger.ms"), Some("2"), "the user's property wins");
+        assert_eq!(p.get("socket.nagle.disable"), Some("true"));
+        assert_eq!(
+            p.get("fetch.wait.max.ms"),
+            None,
+            "consumer keys stay off the producer"
+        );
+    }
+
+    #[test]
+    fn the_default_profile_leaves_librdkafka_s_defaults() {
+        let (k, cfg) = kafka("");
+        let route = &cfg.routes[0];
+        let src = route.source.get::<KafkaSource>().expect("a kafka source");
+        assert_eq!(
+            consumer_config("k", &k, route, src).get("fetch.wait.max.ms"),
+            None
+        );
+        assert_eq!(producer_config("k", &k).get("linger.ms"), None);
+    }
 }

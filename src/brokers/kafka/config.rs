@@ -33,6 +33,44 @@ pub struct KafkaConfig {
     /// In-flight messages per partition before the partition is paused.
     #[serde(default = "default_partition_window")]
     pub partition_window: usize,
+    /// `"low"` trades some throughput and broker load for latency: fetches
+    /// return at once, produces go out unbatched. See [`Latency`].
+    #[serde(default)]
+    pub latency: Latency,
+}
+
+/// The latency profile of a Kafka connection's clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Latency {
+    /// librdkafka's own defaults: a fetch waits up to 500 ms for data
+    /// (`fetch.wait.max.ms`), a produce up to 5 ms for a batch
+    /// (`linger.ms`).
+    #[default]
+    Default,
+    /// `fetch.wait.max.ms = 5`, `linger.ms = 0`, `socket.nagle.disable =
+    /// true`: for request/response routes at low rates. More fetch requests
+    /// per second on the broker while a topic is idle. A key of the same
+    /// name in `properties` still wins.
+    Low,
+}
+
+impl Latency {
+    /// The consumer properties of this profile.
+    pub fn consumer(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Default => &[],
+            Self::Low => &[("fetch.wait.max.ms", "5"), ("socket.nagle.disable", "true")],
+        }
+    }
+
+    /// The producer properties of this profile.
+    pub fn producer(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Default => &[],
+            Self::Low => &[("linger.ms", "0"), ("socket.nagle.disable", "true")],
+        }
+    }
 }
 
 /// A Kafka source: a topic read by the route's consumer group.

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{BacklogProbe, Broker, BrokerError, Kind as _, Publisher, Source};
-pub use config::{KafkaConfig, KafkaSource, KafkaTarget, OffsetReset, TopicCreate, KIND};
+pub use config::{KafkaConfig, KafkaSource, KafkaTarget, Latency, OffsetReset, TopicCreate, KIND};
 
 use crate::config::{Endpoint, RouteConfig};
 use crate::message::{
