@@ -13,12 +13,16 @@
 pub mod brokers;
 pub mod handlers;
 pub mod latency;
+pub mod many;
 pub mod memory;
 pub mod names;
 pub mod opts;
 pub mod proc;
 pub mod report;
+pub mod sweep;
 pub mod throughput;
+pub mod vs;
+pub mod wake;
 
 use std::sync::Arc;
 

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use mqfn::brokers::kafka::Latency;
 use mqfn_bench::opts::Urls;
 use mqfn_bench::{Broker, Options};
 
@@ -39,6 +40,12 @@ enum Command {
         /// Messages in flight at most.
         #[arg(long)]
         window: usize,
+        /// NATS: set `Nats-Msg-Id` on outputs as mqfn does.
+        #[arg(long)]
+        msg_id: bool,
+        /// Kafka: the client properties of mqfn's `latency = "low"`.
+        #[arg(long)]
+        kafka_low_latency: bool,
     },
 }
 
@@ -99,6 +106,42 @@ struct RunArgs {
     /// plain at-least-once, the baseline's guarantee.
     #[arg(long)]
     no_dedup: bool,
+    /// The NATS baseline sets `Nats-Msg-Id` on its outputs as mqfn does:
+    /// both sides give the same guarantee.
+    #[arg(long, conflicts_with = "no_dedup")]
+    baseline_msg_id: bool,
+    /// Partitions of the Kafka input and output topics.
+    #[arg(long, default_value_t = mqfn_bench::brokers::kafka::PARTITIONS)]
+    partitions: i32,
+    /// Throughput over the config space instead of the one-point report:
+    /// workers.max in {1, 8, 64, 256, 1024} (window = 2 × workers.max),
+    /// Kafka also over partitions {1, 4, 16}, and payloads of 64 B, 1 KiB
+    /// and 64 KiB at workers.max 128. `-n` caps each cell's messages.
+    #[arg(long)]
+    sweep: bool,
+    /// Waking from zero instead of the one-point report: this many
+    /// samples per broker of publish-to-result time on a route with
+    /// `workers.min = 0`, each from zero workers, the first right after
+    /// `/readyz`.
+    #[arg(long, value_name = "SAMPLES")]
+    wake: Option<usize>,
+    /// mqfn's Kafka broker gets `latency = "low"`, and the baseline the
+    /// same client properties.
+    #[arg(long)]
+    kafka_low_latency: bool,
+    /// Many routes in one process instead of the one-point report: this
+    /// many JetStream routes with `workers.min = 0`; time to `/readyz`,
+    /// then idle CPU and RSS over `--quiet-secs`.
+    #[arg(long, value_name = "ROUTES")]
+    many_routes: Option<usize>,
+    /// Handlers in other languages instead of the one-point report: a
+    /// FastStream 0.7 no-op app against noop.py under mqfn (1 and 4
+    /// instances) and noop.js (4 instances), `-n` messages per run.
+    #[arg(long)]
+    vs_faststream: bool,
+    /// The quiet period of `--many-routes`, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    quiet_secs: f64,
 }
 
 fn main() -> ExitCode {
@@ -111,9 +154,19 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(Command::Baseline { broker, id, window }) => {
-            rt.block_on(baseline(&broker, &id, window))
-        }
+        Some(Command::Baseline {
+            broker,
+            id,
+            window,
+            msg_id,
+            kafka_low_latency,
+        }) => rt.block_on(baseline(
+            &broker,
+            &id,
+            window,
+            msg_id,
+            latency(kafka_low_latency),
+        )),
         None => rt.block_on(bench(cli.run)),
     };
     match result {
@@ -125,12 +178,26 @@ fn main() -> ExitCode {
     }
 }
 
-async fn baseline(broker: &str, id: &str, window: usize) -> Result<(), String> {
+fn latency(low: bool) -> Latency {
+    if low {
+        Latency::Low
+    } else {
+        Latency::Default
+    }
+}
+
+async fn baseline(
+    broker: &str,
+    id: &str,
+    window: usize,
+    msg_id: bool,
+    latency: Latency,
+) -> Result<(), String> {
     let b = match Broker::parse_list(broker)?.as_slice() {
         [one] => *one,
         _ => return Err("the baseline runs on one broker".to_owned()),
     };
-    mqfn_bench::brokers::baseline(b, &Urls::from_env(), id, window).await
+    mqfn_bench::brokers::baseline(b, &Urls::from_env(), id, window, msg_id, latency).await
 }
 
 async fn bench(a: RunArgs) -> Result<(), String> {
@@ -155,8 +222,90 @@ async fn bench(a: RunArgs) -> Result<(), String> {
     opts.handler_instances = a.handler_instances.max(1);
     opts.perf = a.perf;
     opts.dedup = !a.no_dedup;
+    opts.baseline_msg_id = a.baseline_msg_id;
+    opts.partitions = a.partitions.max(1);
+    opts.kafka_latency = latency(a.kafka_low_latency);
     if a.smoke {
         opts = opts.smoke();
+    }
+    if a.vs_faststream {
+        let mut rows = Vec::new();
+        for &broker in &opts.brokers {
+            eprintln!("== {} against FastStream", broker.as_str());
+            match mqfn_bench::brokers::connect(broker, &opts).await {
+                Ok(h) => {
+                    let bench = mqfn_bench::throughput::Bench::new(&opts, h);
+                    rows.extend(mqfn_bench::vs::measure(&bench).await);
+                }
+                Err(e) => eprintln!("{}: cannot connect: {e}", broker.as_str()),
+            }
+        }
+        println!(
+            "mqfn-bench --vs-faststream: N = {}, S = {} B, {} round(s), mqfn workers.max {}, {} CPU(s)\n",
+            opts.messages,
+            opts.size,
+            opts.pairs,
+            mqfn_bench::vs::WORKERS_MAX,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+        );
+        print!("{}", mqfn_bench::vs::render(&rows));
+        return Ok(());
+    }
+    if let Some(routes) = a.many_routes {
+        let m = mqfn_bench::many::measure(&opts, routes.max(1), a.quiet_secs).await?;
+        println!(
+            "mqfn-bench --many-routes {routes}: mqfn {}\n",
+            opts.mqfn_bin.display()
+        );
+        println!("| routes | ready s | idle CPU % of a core | RSS max MiB | peak RSS MiB | one message s | quiet s |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.3} | {:.0} |",
+            m.routes,
+            m.ready_secs,
+            m.idle_cpu_pct,
+            m.rss_max_mib,
+            m.peak_mib,
+            m.one_message_secs,
+            m.quiet_secs
+        );
+        return Ok(());
+    }
+    if let Some(samples) = a.wake {
+        println!(
+            "mqfn-bench --wake {samples}: mqfn {}\n",
+            opts.mqfn_bin.display()
+        );
+        println!("| broker | samples | first ms | p50 ms | p99 ms | max ms | note |");
+        println!("|---|---:|---:|---:|---:|---:|---|");
+        for &broker in &opts.brokers {
+            let row = match wake(&opts, broker, samples.max(1)).await {
+                Ok(w) => format!(
+                    "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | |",
+                    broker.as_str(),
+                    w.ms.len(),
+                    w.ms[0],
+                    w.quantile(0.5),
+                    w.quantile(0.99),
+                    w.quantile(1.0)
+                ),
+                Err(e) => format!("| {} | - | - | - | - | - | {e} |", broker.as_str()),
+            };
+            println!("{row}");
+        }
+        return Ok(());
+    }
+    if a.sweep {
+        let sweep = mqfn_bench::sweep::run(&opts).await;
+        println!(
+            "mqfn-bench --sweep: N ≤ {} per cell, {} pair(s), {} CPU(s), mqfn {}\n",
+            opts.messages,
+            opts.pairs,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            opts.mqfn_bin.display()
+        );
+        print!("{}", sweep.render());
+        return Ok(());
     }
     let report = mqfn_bench::run(&opts).await;
     println!(
@@ -172,6 +321,18 @@ async fn bench(a: RunArgs) -> Result<(), String> {
     );
     print!("{}", report.render());
     Ok(())
+}
+
+async fn wake(
+    opts: &Options,
+    broker: Broker,
+    samples: usize,
+) -> Result<mqfn_bench::wake::Wake, String> {
+    let h = mqfn_bench::brokers::connect(broker, opts).await?;
+    let bench = mqfn_bench::throughput::Bench::new(opts, h);
+    mqfn_bench::wake::measure(&bench, samples)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Builds `mqfn` in the profile this bench was built in, and returns its

@@ -112,6 +112,15 @@ pub struct Options {
     /// mqfn's NATS outputs carry `Nats-Msg-Id` (its default); false sets
     /// `dedup = false`: plain at-least-once, as the baseline.
     pub dedup: bool,
+    /// Partitions of the Kafka input and output topics.
+    pub partitions: i32,
+    /// The NATS baseline sets `Nats-Msg-Id` on its outputs as mqfn does
+    /// (`mqfn:<route>:<stream>:<sequence>:0`): the same guarantee, and the
+    /// same work for the server.
+    pub baseline_msg_id: bool,
+    /// The Kafka latency profile of mqfn's broker, and the same client
+    /// properties on the baseline.
+    pub kafka_latency: mqfn::brokers::kafka::Latency,
 }
 
 impl Options {
@@ -139,6 +148,9 @@ impl Options {
             stall_secs: 60.0,
             perf: None,
             dedup: true,
+            partitions: crate::brokers::kafka::PARTITIONS,
+            baseline_msg_id: false,
+            kafka_latency: mqfn::brokers::kafka::Latency::Default,
         }
     }
 

@@ -19,6 +19,30 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// CPU seconds (user + system) used so far by `pid`.
 pub fn cpu_secs(pid: u32) -> Result<f64> {
+    Ok(stat_of(pid)?.cpu_secs())
+}
+
+/// What `/proc/<pid>/stat` says of a process's parent and CPU.
+struct Stat {
+    ppid: u32,
+    /// utime + stime, ticks.
+    own: f64,
+    /// cutime + cstime: the children it has waited for, ticks.
+    reaped: f64,
+}
+
+impl Stat {
+    fn cpu_secs(&self) -> f64 {
+        self.own / clock_ticks()
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+fn stat_of(pid: u32) -> Result<Stat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
     // The command name may hold spaces: fields are counted after its ')'.
@@ -27,15 +51,46 @@ pub fn cpu_secs(pid: u32) -> Result<f64> {
         .map(|(_, r)| r)
         .ok_or("bad /proc stat line")?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, utime 14 and stime 15 (1-based).
-    let ticks = |i: usize| -> Result<f64> {
+    // After the name: state is field 3, ppid 4, utime 14, stime 15, cutime
+    // 16, cstime 17 (1-based).
+    let field = |i: usize| -> Result<f64> {
         f.get(i - 3)
             .and_then(|v| v.parse::<f64>().ok())
             .ok_or_else(|| format!("bad /proc/{pid}/stat field {i}"))
     };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(14)? + ticks(15)?) / hz)
+    Ok(Stat {
+        ppid: field(4)? as u32,
+        own: field(14)? + field(15)?,
+        reaped: field(16)? + field(17)?,
+    })
+}
+
+/// CPU seconds of `pid` and every process under it: live descendants
+/// (process handlers) and those it has already waited for.
+pub fn tree_cpu_secs(pid: u32) -> Result<f64> {
+    let root = stat_of(pid)?;
+    let mut all: Vec<(u32, Stat)> = Vec::new();
+    for e in std::fs::read_dir("/proc").map_err(|e| format!("cannot list /proc: {e}"))? {
+        let Some(p) = e
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit between the listing and the read.
+        if let Ok(st) = stat_of(p) {
+            all.push((p, st));
+        }
+    }
+    let mut ticks = root.own + root.reaped;
+    let mut parents = vec![pid];
+    while let Some(parent) = parents.pop() {
+        for (p, st) in all.iter().filter(|(_, st)| st.ppid == parent) {
+            ticks += st.own + st.reaped;
+            parents.push(*p);
+        }
+    }
+    Ok(ticks / clock_ticks())
 }
 
 /// A `Vm*` line of `/proc/<pid>/status`, in KiB (`VmRSS`, `VmHWM`).
@@ -74,6 +129,8 @@ pub struct Consumer {
     log: PathBuf,
     _dir: tempfile::TempDir,
     profiler: Option<Child>,
+    /// mqfn's admin listener (`None` for the baseline).
+    admin: Option<String>,
 }
 
 impl Consumer {
@@ -83,38 +140,62 @@ impl Consumer {
         broker: Broker,
         names: &Names,
     ) -> Result<Self, StartError> {
-        let dir = tempdir()?;
-        let log = dir.path().join("baseline.log");
         let mut cmd = Command::new(&opts.bench_bin);
         cmd.args(["baseline", "--broker", broker.as_str(), "--id", &names.id])
             .args(["--window", &opts.window.to_string()])
+            .args(opts.baseline_msg_id.then_some("--msg-id"))
+            .args(
+                (opts.kafka_latency == mqfn::brokers::kafka::Latency::Low)
+                    .then_some("--kafka-low-latency"),
+            )
             .env("NATS_URL", &opts.urls.nats)
             .env("KAFKA_BOOTSTRAP", &opts.urls.kafka)
-            .env("AMQP_URL", &opts.urls.amqp)
-            .stdout(Stdio::piped())
+            .env("AMQP_URL", &opts.urls.amqp);
+        Self::until_ready(cmd, "the baseline").await
+    }
+
+    /// Spawns `cmd` and waits for it to print `ready` on stdout; its
+    /// stderr is its log. `what` names it in errors.
+    pub async fn until_ready(mut cmd: Command, what: &str) -> Result<Self, StartError> {
+        let dir = tempdir()?;
+        let log = dir.path().join("consumer.log");
+        cmd.stdout(Stdio::piped())
             .stderr(log_file(&log)?)
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()
-            .map_err(|e| StartError::Failed(format!("cannot run {:?}: {e}", opts.bench_bin)))?;
+            .map_err(|e| StartError::Failed(format!("cannot run {what}: {e}")))?;
         let pid = child.id().unwrap_or_default();
         let stdout = child.stdout.take().ok_or_else(|| failed("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await;
+        let ready = tokio::time::timeout(READY_TIMEOUT, async {
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(l)) if l.trim() == "ready" => return true,
+                    Ok(Some(_)) => continue,
+                    _ => return false,
+                }
+            }
+        })
+        .await;
         let me = Self {
             child,
             pid,
             log,
             _dir: dir,
             profiler: None,
+            admin: None,
         };
+        // Keep reading stdout, so that the child never blocks on a full
+        // pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         match ready {
-            Ok(Ok(Some(l))) if l.trim() == "ready" => Ok(me),
-            Ok(_) => Err(failed(format!(
-                "the baseline exited before it was ready: {}",
+            Ok(true) => Ok(me),
+            Ok(false) => Err(failed(format!(
+                "{what} exited before it was ready: {}",
                 me.last_words()
             ))),
-            Err(_) => Err(failed("the baseline was not ready within 60s")),
+            Err(_) => Err(failed(format!("{what} was not ready within 60s"))),
         }
     }
 
@@ -147,6 +228,7 @@ impl Consumer {
             log,
             _dir: dir,
             profiler: None,
+            admin: Some(admin.clone()),
         };
         let url = format!("http://{admin}/readyz");
         let start = Instant::now();
@@ -170,14 +252,27 @@ impl Consumer {
         )))
     }
 
+    /// mqfn's `/status`, parsed.
+    pub async fn status(&self) -> Result<serde_json::Value> {
+        let admin = self.admin.as_deref().ok_or("the baseline has no /status")?;
+        let text = reqwest::get(format!("http://{admin}/status"))
+            .await
+            .map_err(|e| format!("GET /status: {e}"))?
+            .text()
+            .await
+            .map_err(|e| format!("GET /status: {e}"))?;
+        serde_json::from_str(&text).map_err(|e| format!("/status is not JSON: {e}"))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.pid
     }
 
-    /// CPU seconds used so far.
+    /// CPU seconds used so far by the process and its children (process
+    /// handlers).
     pub fn cpu_secs(&self) -> Result<f64> {
-        cpu_secs(self.pid)
+        tree_cpu_secs(self.pid)
     }
 
     /// Peak resident memory so far, KiB.

@@ -201,15 +201,22 @@ impl Harness for Amqp {
         s
     }
 
-    fn route_toml(&self, n: &Names, route: &str, workers_max: usize, _dedup: bool) -> String {
+    fn route_toml(
+        &self,
+        n: &Names,
+        route: &str,
+        workers: &str,
+        handler: &str,
+        _dedup: bool,
+    ) -> String {
         format!(
             r#"[[routes]]
 name = "{route}"
 source = {{ broker = "r", queue = "{input}" }}
-handler = "echo"
+handler = "{handler}"
 output = {{ broker = "r", queue = "{output}" }}
 dead_letter = {{ broker = "r", queue = "{dlq}" }}
-workers = {{ min = 0, max = {workers_max} }}
+workers = {workers}
 "#,
             input = n.input(),
             output = n.output(),

@@ -1,5 +1,5 @@
-//! Kafka: three topics per run (input and output with 4 partitions, dead
-//! letter with 1), and the baseline: a `StreamConsumer` in a fresh group,
+//! Kafka: three topics per run (input and output with `--partitions`
+//! partitions, 4 by default; dead letter with 1), and the baseline: a `StreamConsumer` in a fresh group,
 //! an idempotent `FutureProducer`, and the input offset stored only after
 //! the output's delivery report, in consumption order.
 //!
@@ -25,11 +25,13 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::{say_ready, Counter, Harness, FILL_WINDOW};
+use mqfn::brokers::kafka::Latency;
+
 use crate::names::Names;
 use crate::opts::Broker;
 use crate::Result;
 
-/// Partitions of the input and output topics.
+/// Partitions of the input and output topics unless `--partitions` says.
 pub const PARTITIONS: i32 = 4;
 /// As the issue asks for the test broker: short, so a dead member is
 /// noticed quickly.
@@ -38,6 +40,11 @@ const SESSION_TIMEOUT_MS: &str = "6000";
 /// The Kafka harness.
 pub struct Kafka {
     bootstrap: String,
+    partitions: i32,
+    latency: Latency,
+    /// The publisher of every run, made at the first publish: a producer
+    /// per publish would time its connection set-up too (`--wake`).
+    producer: tokio::sync::OnceCell<FutureProducer>,
 }
 
 fn client(bootstrap: &str) -> ClientConfig {
@@ -46,18 +53,25 @@ fn client(bootstrap: &str) -> ClientConfig {
     c
 }
 
-fn producer(bootstrap: &str) -> Result<FutureProducer> {
-    client(bootstrap)
-        .set("enable.idempotence", "true")
+fn producer_with(bootstrap: &str, props: &[(&str, &str)]) -> Result<FutureProducer> {
+    let mut c = client(bootstrap);
+    for (k, v) in props {
+        c.set(*k, *v);
+    }
+    c.set("enable.idempotence", "true")
         .create()
         .map_err(|e| format!("Kafka producer: {e}"))
 }
 
 impl Kafka {
-    /// Checks that the broker answers.
-    pub async fn connect(bootstrap: &str) -> Result<Self> {
+    /// Checks that the broker answers; runs get topics of `partitions`,
+    /// and mqfn's broker the `latency` profile.
+    pub async fn connect(bootstrap: &str, partitions: i32, latency: Latency) -> Result<Self> {
         let me = Self {
             bootstrap: bootstrap.to_owned(),
+            partitions: partitions.max(1),
+            latency,
+            producer: tokio::sync::OnceCell::new(),
         };
         me.admin()?
             .inner()
@@ -75,6 +89,13 @@ impl Kafka {
             .map_err(|e| format!("Kafka at {}: {e}", self.bootstrap))
     }
 
+    /// The publisher of every run.
+    async fn producer(&self) -> Result<&FutureProducer> {
+        self.producer
+            .get_or_try_init(|| async { producer_with(&self.bootstrap, self.latency.producer()) })
+            .await
+    }
+
     /// A consumer reading every partition of `n.output()` from the start,
     /// with no group membership to wait for; results go to `tx`.
     fn read_output(&self, n: &Names, tx: mpsc::UnboundedSender<Bytes>) -> Result<Reader> {
@@ -88,7 +109,7 @@ impl Kafka {
             .create()
             .map_err(|e| e.to_string())?;
         let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
+        for p in 0..self.partitions {
             tpl.add_partition_offset(&n.output(), p, Offset::Beginning)
                 .map_err(|e| e.to_string())?;
         }
@@ -153,8 +174,8 @@ impl Harness for Kafka {
     async fn create(&self, n: &Names) -> Result<()> {
         let (input, output, dlq) = (n.input(), n.output(), n.dead_letter());
         let topics = [
-            NewTopic::new(&input, PARTITIONS, TopicReplication::Fixed(1)),
-            NewTopic::new(&output, PARTITIONS, TopicReplication::Fixed(1)),
+            NewTopic::new(&input, self.partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&output, self.partitions, TopicReplication::Fixed(1)),
             NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
         ];
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -172,8 +193,22 @@ impl Harness for Kafka {
         Ok(())
     }
 
+    async fn prepare(&self, n: &Names) -> Result<()> {
+        let producer = self.producer().await?.clone();
+        let topic = n.input();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map(|_| ())
+                .map_err(|e| format!("metadata of {topic}: {e}"))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     async fn publish(&self, n: &Names, mut payloads: BoxStream<'static, Bytes>) -> Result<u64> {
-        let producer = producer(&self.bootstrap)?;
+        let producer = self.producer().await?;
         let topic = n.input();
         let mut acks: FuturesUnordered<DeliveryFuture> = FuturesUnordered::new();
         let mut sent = 0;
@@ -243,26 +278,38 @@ impl Harness for Kafka {
     async fn delete(&self, _n: &Names) {}
 
     fn broker_toml(&self, _runs: &[Names]) -> String {
+        let latency = match self.latency {
+            Latency::Low => "latency = \"low\"\n",
+            Latency::Default => "",
+        };
         format!(
-            "[brokers.k]\nkind = \"kafka\"\nbootstrap = \"{}\"\nproperties = {{ \"session.timeout.ms\" = \"{SESSION_TIMEOUT_MS}\" }}\n",
+            "[brokers.k]\nkind = \"kafka\"\nbootstrap = \"{}\"\n{latency}properties = {{ \"session.timeout.ms\" = \"{SESSION_TIMEOUT_MS}\" }}\n",
             self.bootstrap
         )
     }
 
-    fn route_toml(&self, n: &Names, route: &str, workers_max: usize, _dedup: bool) -> String {
+    fn route_toml(
+        &self,
+        n: &Names,
+        route: &str,
+        workers: &str,
+        handler: &str,
+        _dedup: bool,
+    ) -> String {
         format!(
             r#"[[routes]]
 name = "{route}"
-source = {{ broker = "k", topic = "{input}", group = "{id}", create = {{ partitions = {PARTITIONS} }} }}
-handler = "echo"
+source = {{ broker = "k", topic = "{input}", group = "{id}", create = {{ partitions = {partitions} }} }}
+handler = "{handler}"
 output = {{ broker = "k", topic = "{output}" }}
 dead_letter = {{ broker = "k", topic = "{dlq}" }}
-workers = {{ min = 0, max = {workers_max} }}
+workers = {workers}
 "#,
             input = n.input(),
             id = n.id,
             output = n.output(),
             dlq = n.dead_letter(),
+            partitions = self.partitions,
         )
     }
 }
@@ -272,8 +319,13 @@ workers = {{ min = 0, max = {workers_max} }}
 /// consumption order, so a stored offset never skips an unfinished
 /// message. At most `window` messages in flight. Auto-commit of stored
 /// offsets every 5s (librdkafka's default), as mqfn's `commit_interval`.
-pub async fn baseline(bootstrap: &str, n: &Names, window: usize) -> Result<()> {
-    let consumer: StreamConsumer = client(bootstrap)
+/// Its clients get the properties of mqfn's `latency` profile.
+pub async fn baseline(bootstrap: &str, n: &Names, window: usize, latency: Latency) -> Result<()> {
+    let mut config = client(bootstrap);
+    for (k, v) in latency.consumer() {
+        config.set(*k, *v);
+    }
+    let consumer: StreamConsumer = config
         .set("group.id", &n.id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
@@ -281,7 +333,7 @@ pub async fn baseline(bootstrap: &str, n: &Names, window: usize) -> Result<()> {
         .set("session.timeout.ms", SESSION_TIMEOUT_MS)
         .create()
         .map_err(|e| format!("Kafka consumer: {e}"))?;
-    let producer = producer(bootstrap)?;
+    let producer = producer_with(bootstrap, latency.producer())?;
     let (input, output) = (n.input(), Arc::new(n.output()));
     consumer.subscribe(&[&input]).map_err(|e| e.to_string())?;
     let mut inflight = FuturesOrdered::new();

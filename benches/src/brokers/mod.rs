@@ -36,6 +36,12 @@ pub trait Harness: Send + Sync {
     /// Publishes every payload of `payloads` to the input, each confirmed
     /// by the broker; returns the count.
     async fn publish(&self, n: &Names, payloads: BoxStream<'static, Bytes>) -> Result<u64>;
+    /// Readies the publisher of `n`'s input (a connection, topic
+    /// metadata), so that a timed publish does not count it.
+    async fn prepare(&self, n: &Names) -> Result<()> {
+        let _ = n;
+        Ok(())
+    }
     /// Counts the results on the output.
     async fn counter(&self, n: &Names) -> Result<Box<dyn Counter>>;
     /// The payloads of results as they arrive on the output, from now on.
@@ -44,41 +50,72 @@ pub trait Harness: Send + Sync {
     async fn delete(&self, n: &Names);
     /// The `[brokers.*]` section that serves the routes of `runs`.
     fn broker_toml(&self, runs: &[Names]) -> String;
-    /// One `[[routes]]` entry: `n.input()` → `echo` → `n.output()`.
-    /// `dedup` false adds `dedup = false` to outputs where it applies
-    /// (NATS).
-    fn route_toml(&self, n: &Names, route: &str, workers_max: usize, dedup: bool) -> String;
+    /// One `[[routes]]` entry: `n.input()` → `handler` → `n.output()`,
+    /// with `workers` (an inline table) as its `workers`. `dedup` false
+    /// adds `dedup = false` to outputs where it applies (NATS).
+    fn route_toml(
+        &self,
+        n: &Names,
+        route: &str,
+        workers: &str,
+        handler: &str,
+        dedup: bool,
+    ) -> String;
 }
 
 /// Connects the harness for `broker`.
 pub async fn connect(broker: Broker, opts: &Options) -> Result<Arc<dyn Harness>> {
     Ok(match broker {
         Broker::Nats => Arc::new(nats::Nats::connect(&opts.urls.nats).await?),
-        Broker::Kafka => Arc::new(kafka::Kafka::connect(&opts.urls.kafka).await?),
+        Broker::Kafka => Arc::new(
+            kafka::Kafka::connect(&opts.urls.kafka, opts.partitions, opts.kafka_latency).await?,
+        ),
         Broker::Amqp => Arc::new(amqp::Amqp::connect(&opts.urls.amqp).await?),
     })
 }
 
 /// Runs the baseline loop of `broker` on the run `id` until killed. Prints
-/// `ready` on stdout once it consumes.
-pub async fn baseline(broker: Broker, urls: &Urls, id: &str, window: usize) -> Result<()> {
+/// `ready` on stdout once it consumes. `msg_id`: NATS outputs carry
+/// `Nats-Msg-Id` as mqfn's do; `latency`: Kafka clients get that profile's
+/// properties.
+pub async fn baseline(
+    broker: Broker,
+    urls: &Urls,
+    id: &str,
+    window: usize,
+    msg_id: bool,
+    latency: mqfn::brokers::kafka::Latency,
+) -> Result<()> {
     let n = Names::from_id(id);
     let window = window.max(1);
     match broker {
-        Broker::Nats => nats::baseline(&urls.nats, &n, window).await,
-        Broker::Kafka => kafka::baseline(&urls.kafka, &n, window).await,
+        Broker::Nats => nats::baseline(&urls.nats, &n, window, msg_id).await,
+        Broker::Kafka => kafka::baseline(&urls.kafka, &n, window, latency).await,
         Broker::Amqp => amqp::baseline(&urls.amqp, &n, window).await,
     }
 }
 
 /// A full mqfn config: shutdown timeout, the broker and one echo route per
-/// run.
+/// run, scaling from zero to `workers_max`.
 pub fn mqfn_config(h: &dyn Harness, runs: &[Names], workers_max: usize, dedup: bool) -> String {
+    let workers = format!("{{ min = 0, max = {workers_max} }}");
+    mqfn_config_with(h, runs, &workers, "echo", dedup)
+}
+
+/// As [`mqfn_config`], with `workers` (an inline table) and `handler` on
+/// every route.
+pub fn mqfn_config_with(
+    h: &dyn Harness,
+    runs: &[Names],
+    workers: &str,
+    handler: &str,
+    dedup: bool,
+) -> String {
     let mut text = String::from("shutdown_timeout = \"10s\"\n\n");
     text.push_str(&h.broker_toml(runs));
     for (i, n) in runs.iter().enumerate() {
         text.push('\n');
-        text.push_str(&h.route_toml(n, &format!("bench{i}"), workers_max, dedup));
+        text.push_str(&h.route_toml(n, &format!("bench{i}"), workers, handler, dedup));
     }
     text
 }

@@ -133,16 +133,23 @@ impl Harness for Nats {
         format!("[brokers.js]\nkind = \"nats\"\nurl = \"{}\"\n", self.url)
     }
 
-    fn route_toml(&self, n: &Names, route: &str, workers_max: usize, dedup: bool) -> String {
+    fn route_toml(
+        &self,
+        n: &Names,
+        route: &str,
+        workers: &str,
+        handler: &str,
+        dedup: bool,
+    ) -> String {
         let dedup = if dedup { "" } else { ", dedup = false" };
         format!(
             r#"[[routes]]
 name = "{route}"
 source = {{ broker = "js", subject = "{input}", stream = "{stream}", durable = "{id}" }}
-handler = "echo"
+handler = "{handler}"
 output = {{ broker = "js", subject = "{output}"{dedup} }}
 dead_letter = {{ broker = "js", subject = "{dlq}"{dedup} }}
-workers = {{ min = 0, max = {workers_max} }}
+workers = {workers}
 "#,
             input = n.input(),
             stream = n.stream("IN"),
@@ -161,8 +168,9 @@ pub const SPAWN_VAR: &str = "MQFN_BENCH_BASELINE_SPAWN";
 /// The baseline: pull (batches of `window`), publish, await the PubAck,
 /// ack; at most `window` messages in flight, all driven by one task. The
 /// consumer has mqfn's settings: explicit ack, 30s ack wait,
-/// `max_ack_pending` = max(2 × window, 1000).
-pub async fn baseline(url: &str, n: &Names, window: usize) -> Result<()> {
+/// `max_ack_pending` = max(2 × window, 1000). With `msg_id`, each output
+/// carries the `Nats-Msg-Id` that mqfn's route `bench0` would give it.
+pub async fn baseline(url: &str, n: &Names, window: usize, msg_id: bool) -> Result<()> {
     let client = async_nats::connect(url)
         .await
         .map_err(|e| format!("NATS at {url}: {e}"))?;
@@ -190,6 +198,7 @@ pub async fn baseline(url: &str, n: &Names, window: usize) -> Result<()> {
         .await
         .map_err(|e| e.to_string())?;
     let out = Subject::from(n.output());
+    let scope = msg_id.then(|| format!("mqfn:bench0:{}:", n.stream("IN")));
     let mut inflight = FuturesUnordered::new();
     let spawn = std::env::var_os(SPAWN_VAR).is_some();
     say_ready();
@@ -205,7 +214,11 @@ pub async fn baseline(url: &str, n: &Names, window: usize) -> Result<()> {
             Some(r) = inflight.next(), if !inflight.is_empty() => r?,
             m = messages.next() => {
                 let m = m.ok_or("the pull stream ended")?.map_err(|e| e.to_string())?;
-                let f = forward(js.clone(), out.clone(), m);
+                let id = match &scope {
+                    Some(scope) => Some(msg_id_of(scope, &m)?),
+                    None => None,
+                };
+                let f = forward(js.clone(), out.clone(), m, id);
                 inflight.push(if spawn {
                     let task = tokio::spawn(f);
                     async move { task.await.map_err(|e| e.to_string())? }.boxed()
@@ -217,8 +230,24 @@ pub async fn baseline(url: &str, n: &Names, window: usize) -> Result<()> {
     }
 }
 
-async fn forward(js: jetstream::Context, out: Subject, m: jetstream::Message) -> Result<()> {
-    js.publish(out, m.payload.clone())
+/// `mqfn:bench0:<stream>:<sequence>:0`, as mqfn's `dedup_id`.
+fn msg_id_of(scope: &str, m: &jetstream::Message) -> Result<String> {
+    let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+    Ok(format!("{scope}{seq}:0"))
+}
+
+async fn forward(
+    js: jetstream::Context,
+    out: Subject,
+    m: jetstream::Message,
+    msg_id: Option<String>,
+) -> Result<()> {
+    let publish = jetstream::message::PublishMessage::build().payload(m.payload.clone());
+    let publish = match msg_id {
+        Some(id) => publish.message_id(id),
+        None => publish,
+    };
+    js.send_publish(out, publish)
         .await
         .map_err(|e| e.to_string())?
         .await
