@@ -520,6 +520,37 @@ async fn an_idle_route_scales_to_zero_and_the_next_message_wakes_it() {
     .await;
 }
 
+/// At rest (zero workers, nothing waiting) a route asks its broker for the
+/// backlog on one tick in ten; a message still wakes it at once, and a
+/// route with work samples every tick.
+#[tokio::test(start_paused = true)]
+async fn a_route_at_rest_probes_its_broker_ten_times_less_often() {
+    within(async {
+        let workers = r#"{ min = 0, max = 2, idle_timeout = "5s", cooldown = "1s" }"#;
+        let bed = Bed::start(&[("workers", workers)], &[]).await;
+        bed.until(|b| b.status().subscribed).await;
+        let every = mqfn::pool::autoscale::QUIET_PROBE_EVERY as u64;
+        let q = bed.q("in");
+        let p0 = q.probes();
+        // 100 ticks of `scale_interval` (1 s) at rest.
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let at_rest = q.probes() - p0;
+        assert!(
+            (100 / every - 1..=100 / every + 1).contains(&at_rest),
+            "{at_rest} probes in 100 ticks at rest"
+        );
+        bed.send("x");
+        assert_eq!(payloads(&bed.take("out", 1).await), ["x"]);
+        // Awake (workers > 0 until idle_timeout): every tick probes.
+        let p1 = q.probes();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(bed.status().workers.current >= 1);
+        assert!(q.probes() - p1 >= 2, "awake, every tick probes");
+        bed.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_source_that_fails_for_good_is_reported_and_restarted() {
     within(async {

@@ -35,6 +35,7 @@ struct State {
     panic_receives: usize,
     refuse_subscribes: usize,
     acked: u64,
+    probes: u64,
 }
 
 /// An in-process queue with at-least-once semantics.
@@ -178,6 +179,18 @@ impl Queue {
             s.refuse_subscribes -= 1;
         }
         refused
+    }
+
+    /// Messages waiting, as a route's backlog probe asks (counted).
+    pub(super) fn probe(&self) -> usize {
+        let mut s = self.state();
+        s.probes += 1;
+        s.ready.len() + s.delayed.len()
+    }
+
+    /// How often a backlog probe has asked so far.
+    pub fn probes(&self) -> u64 {
+        self.state().probes
     }
 
     /// Messages waiting (ready or delayed), not in flight.

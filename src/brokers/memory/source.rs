@@ -58,7 +58,7 @@ struct Backlog(Arc<Queue>);
 #[async_trait]
 impl BacklogProbe for Backlog {
     async fn backlog(&self) -> Result<u64, BrokerError> {
-        Ok(self.0.len() as u64)
+        Ok(self.0.probe() as u64)
     }
 }
 
