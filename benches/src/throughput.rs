@@ -145,6 +145,20 @@ impl<'a> Bench<'a> {
 
     /// One measured run of `side` on fresh names.
     pub async fn run_once(&self, side: Side) -> Result<RunFigures, StartError> {
+        self.run_with(side.as_str(), |names| async move {
+            self.start(side, std::slice::from_ref(&names)).await
+        })
+        .await
+    }
+
+    /// One measured run on fresh names: pre-fill N messages, start a
+    /// consumer with `start`, watch the output until all N results are
+    /// there. `label` names its `--perf` profile.
+    pub async fn run_with<F, Fut>(&self, label: &str, start: F) -> Result<RunFigures, StartError>
+    where
+        F: FnOnce(Names) -> Fut,
+        Fut: std::future::Future<Output = Result<Consumer, StartError>>,
+    {
         let total = self.opts.messages;
         self.with_names(|names| async move {
             let sent = self
@@ -157,14 +171,10 @@ impl<'a> Bench<'a> {
                 .counter(&names)
                 .await
                 .map_err(StartError::Failed)?;
-            let mut c = self.start(side, std::slice::from_ref(&names)).await?;
+            let id = names.id.clone();
+            let mut c = start(names).await?;
             if let Some(dir) = &self.opts.perf {
-                let out = dir.join(format!(
-                    "{}-{}-{}.data",
-                    self.broker().as_str(),
-                    side.as_str(),
-                    names.id
-                ));
+                let out = dir.join(format!("{}-{label}-{id}.data", self.broker().as_str()));
                 if let Err(e) = c.profile(&out) {
                     eprintln!("perf: {e}");
                 }

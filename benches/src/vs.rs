@@ -22,7 +22,7 @@ use crate::names::Names;
 use crate::opts::{Broker, Options};
 use crate::proc::{Consumer, StartError};
 use crate::report::RunFigures;
-use crate::throughput::{watch, Bench};
+use crate::throughput::Bench;
 
 /// mqfn's `workers.max` for every contender run under mqfn.
 pub const WORKERS_MAX: usize = 16;
@@ -141,44 +141,31 @@ async fn faststream_available() -> Result<(), String> {
     }
 }
 
-impl Bench<'_> {
-    /// One run of `contender` on fresh names.
-    pub async fn contender_once(&self, contender: Contender) -> Result<RunFigures, StartError> {
-        let total = self.opts.messages;
-        self.with_names(|names| async move {
-            let sent = self
-                .harness
-                .publish(&names, Self::fill(total, self.opts.size))
-                .await
-                .map_err(|e| StartError::Failed(format!("pre-fill: {e}")))?;
-            let mut counter = self
-                .harness
-                .counter(&names)
-                .await
-                .map_err(StartError::Failed)?;
-            let mut c = match contender {
+/// One run of `contender` on fresh names.
+pub async fn once(bench: &Bench<'_>, contender: Contender) -> Result<RunFigures, StartError> {
+    let label = match contender {
+        Contender::FastStream => "faststream".to_owned(),
+        Contender::Python(n) => format!("python{n}"),
+        Contender::Node(n) => format!("node{n}"),
+    };
+    bench
+        .run_with(&label, |names| async move {
+            match contender {
                 Contender::FastStream => {
-                    Consumer::until_ready(
-                        faststream(self.opts, self.broker(), &names),
-                        "FastStream",
-                    )
-                    .await?
+                    let cmd = faststream(bench.opts, bench.broker(), &names);
+                    Consumer::until_ready(cmd, "FastStream").await
                 }
                 Contender::Python(n) => {
-                    let cfg = mqfn_config(self, &names, "noop.py", "python3", n);
-                    Consumer::mqfn(self.opts, &cfg).await?
+                    let cfg = mqfn_config(bench, &names, "noop.py", "python3", n);
+                    Consumer::mqfn(bench.opts, &cfg).await
                 }
                 Contender::Node(n) => {
-                    let cfg = mqfn_config(self, &names, "noop.js", "node", n);
-                    Consumer::mqfn(self.opts, &cfg).await?
+                    let cfg = mqfn_config(bench, &names, "noop.js", "node", n);
+                    Consumer::mqfn(bench.opts, &cfg).await
                 }
-            };
-            let figures = watch(&mut c, counter.as_mut(), sent, self.opts.stall_secs).await;
-            c.stop().await;
-            figures.map_err(StartError::Failed)
+            }
         })
         .await
-    }
 }
 
 /// Every contender on `bench`'s broker, `opts.pairs` rounds, contenders
@@ -199,7 +186,7 @@ pub async fn measure(bench: &Bench<'_>) -> Vec<Row> {
     for round in 1..=bench.opts.pairs {
         for row in rows.iter_mut() {
             let Ok(runs) = &mut row.runs else { continue };
-            match bench.contender_once(row.contender).await {
+            match once(bench, row.contender).await {
                 Ok(f) => {
                     eprintln!(
                         "{} round {round} {}: {:.0} msgs/s, {:.3} CPU s/100k",
