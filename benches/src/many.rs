@@ -38,7 +38,7 @@ pub struct Many {
 }
 
 /// The config: `routes` echo routes `r0..` from `{id}.in.{i}` to
-/// `{id}.out.{i}` on the stream `stream`.
+/// `{id}.out.{i}` (dead letters to `{id}.dlq.{i}`) on the stream `stream`.
 pub fn config(url: &str, n: &Names, stream: &str, routes: usize) -> String {
     let mut s =
         format!("shutdown_timeout = \"10s\"\n\n[brokers.js]\nkind = \"nats\"\nurl = \"{url}\"\n");
@@ -50,6 +50,7 @@ name = "r{i}"
 source = {{ broker = "js", subject = "{id}.in.{i}", stream = "{stream}", durable = "{id}_{i}" }}
 handler = "echo"
 output = {{ broker = "js", subject = "{id}.out.{i}" }}
+dead_letter = {{ broker = "js", subject = "{id}.dlq.{i}" }}
 workers = {{ min = 0, max = 4 }}
 "#,
             id = n.id
