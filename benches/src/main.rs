@@ -241,11 +241,12 @@ async fn bench(a: RunArgs) -> Result<(), String> {
             }
         }
         println!(
-            "mqfn-bench --vs-faststream: N = {}, S = {} B, {} round(s), mqfn workers.max {}, {} CPU(s)\n",
+            "mqfn-bench --vs-faststream: N = {}, S = {} B, {} round(s), window {} (FastStream's prefetch, mqfn workers.max {}), {} CPU(s)\n",
             opts.messages,
             opts.size,
             opts.pairs,
-            mqfn_bench::vs::WORKERS_MAX,
+            opts.window,
+            opts.workers_max(),
             std::thread::available_parallelism().map_or(0, |n| n.get()),
         );
         print!("{}", mqfn_bench::vs::render(&rows));

@@ -9,6 +9,7 @@
 //! - as a Node process handler under mqfn (`handlers/examples/noop.js`)
 //!   with 4 instances.
 //!
+//! mqfn's window (`--window`, 2 × `workers.max`) is FastStream's prefetch.
 //! Each run is measured as the throughput runs are (results counted on the
 //! output, from the first to the last), with the CPU of the whole process
 //! tree: mqfn and its handler processes.
@@ -24,8 +25,6 @@ use crate::proc::{Consumer, StartError};
 use crate::report::RunFigures;
 use crate::throughput::Bench;
 
-/// mqfn's `workers.max` for every contender run under mqfn.
-pub const WORKERS_MAX: usize = 16;
 /// The FastStream version the bench was written against.
 pub const FASTSTREAM: &str = "faststream[nats,rabbit,confluent]==0.7.8";
 
@@ -90,7 +89,7 @@ fn mqfn_config(bench: &Bench<'_>, names: &Names, script: &str, program: &str, n:
     let mut text = mqfn_config_with(
         bench.harness.as_ref(),
         std::slice::from_ref(names),
-        &format!("{{ min = 0, max = {WORKERS_MAX} }}"),
+        &format!("{{ min = 0, max = {} }}", bench.opts.workers_max()),
         "noop",
         bench.opts.dedup,
     );
