@@ -71,3 +71,31 @@ async fn smoke_run_counts_every_message_on_both_sides() {
         Err(e) => assert!(e.starts_with("skipped"), "{e}"),
     }
 }
+
+/// `--wake`: every sample gets its result, the first right after start.
+#[tokio::test(flavor = "multi_thread")]
+async fn wake_samples_each_get_their_result() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_mqfn-bench"));
+    let opts = Options::new(mqfn_bin(&bench), bench).smoke();
+    let h = mqfn_bench::brokers::connect(Broker::Nats, &opts)
+        .await
+        .expect("NATS");
+    let b = mqfn_bench::throughput::Bench::new(&opts, h);
+    let wake = mqfn_bench::wake::measure(&b, 3).await.expect("woken");
+    assert_eq!(wake.ms.len(), 3, "one figure per sample");
+    assert!(wake.ms.iter().all(|ms| *ms > 0.0));
+}
+
+/// `--many-routes`: the process with many routes gets ready, is measured,
+/// and its last route works.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_routes_get_ready_and_the_last_one_works() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_mqfn-bench"));
+    let opts = Options::new(mqfn_bin(&bench), bench).smoke();
+    let m = mqfn_bench::many::measure(&opts, 20, 1.0)
+        .await
+        .expect("measured");
+    assert_eq!(m.routes, 20);
+    assert!(m.rss_max_mib > 0.0, "memory read");
+    assert!(m.one_message_secs > 0.0, "the last route answered");
+}
