@@ -154,7 +154,10 @@ impl Route {
         let mut ended = Ended::Shutdown;
         let inflight = Arc::new(Semaphore::new(window));
         let tracker = TaskTracker::new();
-        let drivers = Drivers::start(Drivers::for_runtime(), &tracker);
+        // A driver per runtime worker, and one per 256 in-flight messages:
+        // one driver holding a window of 2,048 cost NATS 1.56x the bare
+        // client's CPU (docs/benchmarks.md, "NATS at workers.max = 1024").
+        let drivers = Drivers::start(Drivers::for_runtime().max(window.div_ceil(256)), &tracker);
         let mut failures = 0u32;
         loop {
             let permit = tokio::select! {
