@@ -196,7 +196,8 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn num(v: Option<f64>, digits: usize) -> String {
+/// `v` with `digits` decimals, or `-` when there is none.
+pub fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
 }
 

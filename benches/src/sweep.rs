@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::brokers;
 use crate::opts::{Broker, Options};
-use crate::report::BrokerReport;
+use crate::report::{num, BrokerReport};
 use crate::throughput::Bench;
 
 /// `workers.max` values of the sweep.
@@ -156,7 +156,6 @@ impl Sweep {
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for c in &self.cells {
             let r = &c.report;
-            let num = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |x| format!("{x:.d$}"));
             let ratio = r.ratio();
             let cpu = r.mqfn.cpu().zip(r.baseline.cpu()).map(|(m, b)| m / b);
             let note = [&r.baseline.status, &r.mqfn.status]

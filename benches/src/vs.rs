@@ -22,7 +22,7 @@ use crate::brokers::mqfn_config_with;
 use crate::names::Names;
 use crate::opts::{Broker, Options};
 use crate::proc::{Consumer, StartError};
-use crate::report::RunFigures;
+use crate::report::{num, RunFigures};
 use crate::throughput::Bench;
 
 /// The FastStream version the bench was written against.
@@ -214,7 +214,6 @@ pub fn render(rows: &[Row]) -> String {
         "| broker | consumer | msgs/s (median) | CPU s / 100k | × FastStream msgs/s | note |\n",
     );
     s.push_str("|---|---|---:|---:|---:|---|\n");
-    let num = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |x| format!("{x:.d$}"));
     for r in rows {
         let fs = rows
             .iter()
