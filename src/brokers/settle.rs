@@ -14,7 +14,10 @@ pub trait Settle: Send + Sync {
     /// The message is done: its results are safely published.
     async fn ack(&self) -> Result<(), BrokerError>;
     /// Hand the message back for redelivery, no sooner than `delay`.
-    async fn nack(&self, delay: Duration) -> Result<(), BrokerError>;
+    /// `msg` is the message as the route last tried it: a broker that
+    /// cannot take a message back (Kafka) redelivers this copy itself, so
+    /// no copy is kept for the nack that rarely comes.
+    async fn nack(&self, msg: &Message, delay: Duration) -> Result<(), BrokerError>;
     /// Still working on it: extend the broker's ack deadline.
     async fn in_progress(&self) -> Result<(), BrokerError> {
         Ok(())
@@ -34,7 +37,7 @@ impl Settle for NoSettle {
     async fn ack(&self) -> Result<(), BrokerError> {
         Ok(())
     }
-    async fn nack(&self, _delay: Duration) -> Result<(), BrokerError> {
+    async fn nack(&self, _msg: &Message, _delay: Duration) -> Result<(), BrokerError> {
         Ok(())
     }
 }

@@ -154,7 +154,7 @@ async fn redrive(
                 continue;
             }
             Err(e) => {
-                let _ = d.settle.nack(std::time::Duration::ZERO).await;
+                let _ = d.settle.nack(&d.msg, std::time::Duration::ZERO).await;
                 break Err(CliError::Failed(format!("redrive stopped: {e}")));
             }
         }

@@ -167,13 +167,14 @@ async fn within<F: std::future::Future>(
     settle: &dyn Settle,
 ) -> Option<F::Output> {
     use tokio::time::Instant;
-    let deadline = Instant::now() + limit;
+    let start = Instant::now();
+    let deadline = start + limit;
     let every = settle.keepalive();
     let wake_after = |now: Instant| match every {
         Some(every) if now + every < deadline => now + every,
         _ => deadline,
     };
-    let timer = tokio::time::sleep_until(wake_after(Instant::now()));
+    let timer = tokio::time::sleep_until(wake_after(start));
     tokio::pin!(fut, timer);
     loop {
         tokio::select! {
@@ -210,7 +211,7 @@ mod tests {
         async fn ack(&self) -> Result<(), BrokerError> {
             Ok(())
         }
-        async fn nack(&self, _delay: Duration) -> Result<(), BrokerError> {
+        async fn nack(&self, _msg: &Message, _delay: Duration) -> Result<(), BrokerError> {
             Ok(())
         }
         async fn in_progress(&self) -> Result<(), BrokerError> {

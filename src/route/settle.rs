@@ -44,7 +44,9 @@ impl Route {
         };
         match attempted {
             Attempted::Done(outputs) => self.deliver(&d, outputs).await,
-            Attempted::Failed(f) => self.dead_letter(&d, f).await,
+            // Boxed: the rare path would otherwise add its size to every
+            // message's future, which is moved into a box per message.
+            Attempted::Failed(f) => Box::pin(self.dead_letter(&d, f)).await,
             Attempted::Abandoned(delay) => self.nack(&d, delay).await,
         }
     }
@@ -213,7 +215,7 @@ impl Route {
 
     async fn nack(&self, d: &Delivery, delay: Duration) {
         self.meters.redelivered();
-        if let Err(e) = d.settle.nack(delay).await {
+        if let Err(e) = d.settle.nack(&d.msg, delay).await {
             warn!(route = %self.name, error = %e, "Nack failed; the broker redelivers after its ack timeout.");
         }
     }

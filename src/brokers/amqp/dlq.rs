@@ -135,7 +135,7 @@ impl Settle for Taken {
             .map_err(|e| BrokerError::settle(self.0.clone(), e.to_string()).with_source(e))
     }
 
-    async fn nack(&self, _delay: Duration) -> Result<(), BrokerError> {
+    async fn nack(&self, _msg: &Message, _delay: Duration) -> Result<(), BrokerError> {
         let opts = BasicNackOptions {
             requeue: true,
             ..BasicNackOptions::default()

@@ -22,6 +22,7 @@ use super::sink::AmqpPublisher;
 use super::topology;
 use crate::brokers::{BacklogProbe, BrokerError, Delivery, Settle, Source};
 use crate::config::RouteConfig;
+use crate::message::Message;
 
 /// The longest a nack holds a delivery before handing it back, so that a
 /// failing output does not spin messages through the broker in a hot loop,
@@ -240,7 +241,7 @@ impl Settle for AmqpSettle {
     /// `basic_nack`s it with requeue. Quorum queues count that in
     /// `x-delivery-count`; on classic queues the redelivery is counted when
     /// it arrives (see [`attempt_of`]).
-    async fn nack(&self, delay: Duration) -> Result<(), BrokerError> {
+    async fn nack(&self, _msg: &Message, delay: Duration) -> Result<(), BrokerError> {
         tokio::time::sleep(delay.min(MAX_NACK_HOLD)).await;
         let opts = BasicNackOptions {
             multiple: false,

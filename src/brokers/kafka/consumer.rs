@@ -107,6 +107,7 @@ impl PollThread {
             paused: Cell::new(0),
             reported: RefCell::new(HashSet::new()),
             last_error: Cell::new(None),
+            last_tp: RefCell::new(None),
         };
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
@@ -153,6 +154,8 @@ struct Poller {
     /// Partitions with a lag gauge.
     reported: RefCell<HashSet<i32>>,
     last_error: Cell<Option<Instant>>,
+    /// The last record's partition: the next shares its topic name.
+    last_tp: RefCell<Option<Tp>>,
 }
 
 impl Poller {
@@ -162,11 +165,12 @@ impl Poller {
         let mut last_lag = Instant::now();
         let mut last_poll = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            let mut polled = false;
             let alive = match self.forward_held() {
                 Room::Closed => false,
                 Room::Full if last_poll.elapsed() < HOLD_MAX => true,
                 Room::Free | Room::Full => {
-                    last_poll = Instant::now();
+                    polled = true;
                     match self.consumer.poll(POLL) {
                         None => true,
                         Some(Ok(m)) => self.on_message(&m),
@@ -180,14 +184,20 @@ impl Poller {
             if self.paused.get() > 0 {
                 self.resume_drained();
             }
-            if last_commit.elapsed() >= self.commit_interval {
+            // One clock read per record, for the poll time and both
+            // intervals; the poll time is when the poll returned.
+            let now = Instant::now();
+            if polled {
+                last_poll = now;
+            }
+            if now.duration_since(last_commit) >= self.commit_interval {
                 let points = ctx.tracker.to_commit();
                 commit(&self.consumer, &ctx.tracker, &points, CommitMode::Async);
-                last_commit = Instant::now();
+                last_commit = now;
             }
-            if last_lag.elapsed() >= LAG_EVERY {
+            if now.duration_since(last_lag) >= LAG_EVERY {
                 self.sample_lag();
-                last_lag = Instant::now();
+                last_lag = now;
             }
         }
         let points = ctx.tracker.to_commit();
@@ -203,7 +213,7 @@ impl Poller {
     /// Registers and forwards one record; `false` once the source is gone.
     fn on_message(&self, m: &BorrowedMessage<'_>) -> bool {
         let ctx = self.consumer.context();
-        let tp = Tp::new(m.topic(), m.partition());
+        let tp = self.tp_of(m.topic(), m.partition());
         let Some(accepted) = ctx.tracker.polled(&tp, m.offset()) else {
             return true; // revoked meanwhile; the next owner reads it
         };
@@ -217,6 +227,17 @@ impl Poller {
             offset: m.offset(),
             msg,
         })
+    }
+
+    /// The record's partition, without allocating its topic name again.
+    fn tp_of(&self, topic: &str, partition: i32) -> Tp {
+        let mut last = self.last_tp.borrow_mut();
+        let tp = match last.as_ref() {
+            Some(l) => l.sibling(topic, partition),
+            None => Tp::new(topic, partition),
+        };
+        *last = Some(tp.clone());
+        tp
     }
 
     /// Hands a record to the route, or holds it while the channel is full;
@@ -238,6 +259,11 @@ impl Poller {
     }
 
     /// Forwards held records, waiting up to [`POLL`] for room.
+    ///
+    /// A full channel is waited on until half of it is free, not one slot:
+    /// woken for every slot, this thread cost a futex wake and two context
+    /// switches per record while the route was saturated
+    /// (docs/benchmarks.md, "CPU per message").
     fn forward_held(&self) -> Room {
         let mut held = self.held.borrow_mut();
         while let Some(p) = held.pop_front() {
@@ -246,13 +272,17 @@ impl Poller {
                 Err(TrySendError::Closed(_)) => return Room::Closed,
                 Err(TrySendError::Full(p)) => held.push_front(p),
             }
+            let room = (self.tx.max_capacity() / 2).max(1);
             let reserved = self
                 .runtime
-                .block_on(async { tokio::time::timeout(POLL, self.tx.reserve()).await });
+                .block_on(async { tokio::time::timeout(POLL, self.tx.reserve_many(room)).await });
             match reserved {
-                Ok(Ok(permit)) => {
-                    if let Some(p) = held.pop_front() {
-                        permit.send(p);
+                Ok(Ok(permits)) => {
+                    for permit in permits {
+                        match held.pop_front() {
+                            Some(p) => permit.send(p),
+                            None => break,
+                        }
                     }
                 }
                 Ok(Err(_closed)) => return Room::Closed,

@@ -327,7 +327,7 @@ impl Settle for TakeSettle {
         self.cursor.take(self.partition, self.offset).await
     }
 
-    async fn nack(&self, _delay: Duration) -> Result<(), BrokerError> {
+    async fn nack(&self, _msg: &Message, _delay: Duration) -> Result<(), BrokerError> {
         Ok(())
     }
 }

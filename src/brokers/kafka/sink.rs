@@ -59,10 +59,11 @@ pub(super) async fn send(
     topic: &str,
     msg: OutMessage,
 ) -> Result<(), PublishError> {
-    let headers = to_headers(&msg);
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-        .payload(msg.payload.as_ref())
-        .headers(headers);
+    let mut record: FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(topic).payload(msg.payload.as_ref());
+    if let Some(headers) = to_headers(&msg) {
+        record = record.headers(headers);
+    }
     if let Some(k) = &msg.key {
         record = record.key(k.as_ref());
     }
@@ -77,8 +78,9 @@ pub(super) async fn send(
 }
 
 /// Kafka headers from the message's headers, plus the correlation id and
-/// reply address that `mqfn invoke` and request/reply rely on.
-fn to_headers(msg: &OutMessage) -> OwnedHeaders {
+/// reply address that `mqfn invoke` and request/reply rely on; `None` when
+/// there are none (librdkafka allocates a header list even when empty).
+fn to_headers(msg: &OutMessage) -> Option<OwnedHeaders> {
     let mut pairs: Vec<(&str, &str)> = msg
         .headers
         .iter()
@@ -95,7 +97,10 @@ fn to_headers(msg: &OutMessage) -> OwnedHeaders {
     {
         pairs.push((REPLY_HEADER, r));
     }
-    pairs.into_iter().fold(
+    if pairs.is_empty() {
+        return None;
+    }
+    Some(pairs.into_iter().fold(
         OwnedHeaders::new_with_capacity(msg.headers.len() + 2),
         |headers, (key, value)| {
             headers.insert(Header {
@@ -103,7 +108,7 @@ fn to_headers(msg: &OutMessage) -> OwnedHeaders {
                 value: Some(value.as_bytes()),
             })
         },
-    )
+    ))
 }
 
 /// Sorts produce errors into final (the broker refuses this record, so
@@ -190,7 +195,11 @@ mod tests {
             reply_to: Some("replies".into()),
             ..OutMessage::default()
         };
-        let h = to_headers(&msg);
+        assert!(
+            to_headers(&OutMessage::default()).is_none(),
+            "no headers, no list"
+        );
+        let h = to_headers(&msg).expect("headers");
         let pairs: Vec<(String, String)> = h
             .iter()
             .map(|h| {

@@ -4,10 +4,11 @@
 //! registered with the [`Tracker`]. `next` hands them out, and with them a
 //! settle token: `ack` marks the offset settled (the poll thread commits the
 //! contiguous part on an interval); `nack` keeps the offset pending and
-//! yields the same record again after the delay. A Kafka broker cannot take
-//! a message back, so redelivery is local, and the attempt count it carries
-//! lives in this process only: it starts at 1 again after a restart or a
-//! rebalance.
+//! yields the record again after the delay: the copy the route hands back
+//! with the nack, so that no record is copied for a nack that rarely comes.
+//! A Kafka broker cannot take a message back, so redelivery is local, and
+//! the attempt count it carries lives in this process only: it starts at 1
+//! again after a restart or a rebalance.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -138,6 +139,9 @@ impl KafkaSource {
 
     /// A redelivery that is due, if any.
     fn due(&mut self) -> Option<Delivery> {
+        if self.waiting.is_empty() {
+            return None; // the usual case: no clock read
+        }
         let now = Instant::now();
         while let Some(entry) = self.waiting.first_entry() {
             if entry.key().0 > now {
@@ -161,7 +165,6 @@ impl KafkaSource {
             tp,
             epoch,
             offset,
-            msg: msg.clone(),
             retry: self.retry_tx.clone(),
         };
         Some(Delivery::new(msg, Box::new(settle)))
@@ -182,8 +185,16 @@ impl Source for KafkaSource {
             if let Some(d) = self.due() {
                 return Ok(d);
             }
+            // No timer at all while nothing waits: a disabled `select!`
+            // branch still builds its future, a clock read and a timer
+            // handle per record.
             let wake = self.waiting.keys().next().map(|(t, _)| *t);
-            let far = Instant::now() + Duration::from_secs(3600);
+            let timer = async move {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 polled = self.rx.recv() => match polled {
                     Some(Polled::Message { tp, epoch, offset, msg }) => {
@@ -200,7 +211,7 @@ impl Source for KafkaSource {
                     )),
                 },
                 Some(r) = self.retry_rx.recv() => self.park(r),
-                _ = tokio::time::sleep_until(wake.unwrap_or(far)), if wake.is_some() => {}
+                () = timer => {}
             }
         }
     }
@@ -229,8 +240,6 @@ struct KafkaSettle {
     tp: Tp,
     epoch: u64,
     offset: i64,
-    /// Kept for a local redelivery after a nack.
-    msg: Message,
     retry: UnboundedSender<Retry>,
 }
 
@@ -241,10 +250,12 @@ impl Settle for KafkaSettle {
         Ok(())
     }
 
-    async fn nack(&self, delay: Duration) -> Result<(), BrokerError> {
+    /// Redelivers `msg`, the message as last tried, as the next attempt.
+    async fn nack(&self, msg: &Message, delay: Duration) -> Result<(), BrokerError> {
         if self.tracker.requeue(&self.tp, self.epoch, self.offset) {
-            let mut msg = self.msg.clone();
+            let mut msg = msg.clone();
             msg.attempt = msg.attempt.saturating_add(1);
+            msg.deadline = None;
             // A closed channel means the source is gone: the offset stays
             // uncommitted and the next owner reads the record again.
             let _ = self.retry.send(Retry {

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use super::queue::Stored;
 use super::Queue;
 use crate::brokers::{BacklogProbe, BrokerError, Delivery, Settle, Source};
+use crate::message::Message;
 
 /// A route's consumer of one queue.
 pub struct MemorySource {
@@ -98,7 +99,7 @@ impl Settle for Token {
         self.done(None)
     }
 
-    async fn nack(&self, delay: Duration) -> Result<(), BrokerError> {
+    async fn nack(&self, _msg: &Message, delay: Duration) -> Result<(), BrokerError> {
         self.done(Some(delay))
     }
 }

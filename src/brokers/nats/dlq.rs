@@ -181,7 +181,7 @@ impl Settle for Taken {
         Ok(())
     }
 
-    async fn nack(&self, _delay: Duration) -> Result<(), BrokerError> {
+    async fn nack(&self, _msg: &Message, _delay: Duration) -> Result<(), BrokerError> {
         // Leave it where it is; the reader consumer is ephemeral.
         let _ = self
             .msg

@@ -218,7 +218,7 @@ impl Settle for JsSettle {
         self.send(AckKind::Ack).await
     }
 
-    async fn nack(&self, delay: Duration) -> Result<(), BrokerError> {
+    async fn nack(&self, _msg: &Message, delay: Duration) -> Result<(), BrokerError> {
         self.send(AckKind::Nak(Some(delay))).await
     }
 

@@ -20,14 +20,19 @@
 
 mod assignment;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use rustc_hash::FxHashMap;
 
 /// A topic and partition.
+///
+/// The topic is shared: every record carries its `Tp`, and a `String`
+/// would cost an allocation per record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tp {
     /// The topic.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// The partition.
     pub partition: i32,
 }
@@ -36,8 +41,20 @@ impl Tp {
     /// A topic-partition.
     pub fn new(topic: &str, partition: i32) -> Self {
         Self {
-            topic: topic.to_owned(),
+            topic: topic.into(),
             partition,
+        }
+    }
+
+    /// A partition of the same topic as `self`, sharing its name.
+    pub fn sibling(&self, topic: &str, partition: i32) -> Self {
+        if *self.topic == *topic {
+            Self {
+                topic: self.topic.clone(),
+                partition,
+            }
+        } else {
+            Self::new(topic, partition)
         }
     }
 }
@@ -83,9 +100,11 @@ impl Part {
     }
 }
 
+/// The partitions are looked up three times per record; the keys come
+/// from the broker's assignment, so a fast hash needs no DoS resistance.
 #[derive(Debug, Default)]
 struct Inner {
-    parts: HashMap<Tp, Part>,
+    parts: FxHashMap<Tp, Part>,
     epochs: u64,
 }
 
