@@ -175,7 +175,9 @@ impl<'a> Bench<'a> {
             let mut c = start(names).await?;
             if let Some(dir) = &self.opts.perf {
                 let out = dir.join(format!("{}-{label}-{id}.data", self.broker().as_str()));
-                if let Err(e) = c.profile(&out) {
+                let made = std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()));
+                if let Err(e) = made.and_then(|()| c.profile(&out)) {
                     eprintln!("perf: {e}");
                 }
             }
