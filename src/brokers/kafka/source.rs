@@ -165,6 +165,7 @@ impl KafkaSource {
             tp,
             epoch,
             offset,
+            attempt: msg.attempt,
             retry: self.retry_tx.clone(),
         };
         Some(Delivery::new(msg, Box::new(settle)))
@@ -240,6 +241,10 @@ struct KafkaSettle {
     tp: Tp,
     epoch: u64,
     offset: i64,
+    /// The attempt this delivery carried: a redelivery is the next, as a
+    /// broker's delivery count would make it, whatever in-process retries
+    /// the route made meanwhile (they stay under `max_attempts` each time).
+    attempt: u32,
     retry: UnboundedSender<Retry>,
 }
 
@@ -250,11 +255,11 @@ impl Settle for KafkaSettle {
         Ok(())
     }
 
-    /// Redelivers `msg`, the message as last tried, as the next attempt.
+    /// Redelivers `msg` (the route's copy) as the next delivery.
     async fn nack(&self, msg: &Message, delay: Duration) -> Result<(), BrokerError> {
         if self.tracker.requeue(&self.tp, self.epoch, self.offset) {
             let mut msg = msg.clone();
-            msg.attempt = msg.attempt.saturating_add(1);
+            msg.attempt = self.attempt.saturating_add(1);
             msg.deadline = None;
             // A closed channel means the source is gone: the offset stays
             // uncommitted and the next owner reads the record again.
@@ -273,6 +278,38 @@ impl Settle for KafkaSettle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_nack_redelivers_the_routes_copy_as_the_next_delivery() {
+        let tracker = Arc::new(Tracker::new(10));
+        let tp = Tp::new("t", 0);
+        tracker.assign(tp.clone());
+        let epoch = tracker.polled(&tp, 7).expect("assigned").epoch;
+        assert!(tracker.dispatch(&tp, epoch, 7));
+        let (retry, mut retried) = mpsc::unbounded_channel();
+        let settle = KafkaSettle {
+            tracker: tracker.clone(),
+            tp,
+            epoch,
+            offset: 7,
+            attempt: 1,
+            retry,
+        };
+        // The route tried it three times in process before handing it back.
+        let mut tried = Message::new("p");
+        tried.attempt = 3;
+        tried.deadline = Some(std::time::Instant::now());
+        settle.nack(&tried, Duration::ZERO).await.expect("nack");
+        let r = retried.try_recv().expect("queued for redelivery");
+        assert_eq!(r.offset, 7);
+        assert_eq!(&r.msg.payload[..], b"p", "the route's copy");
+        assert_eq!(
+            r.msg.attempt, 2,
+            "the delivery's attempt + 1, as a broker counts"
+        );
+        assert_eq!(r.msg.deadline, None);
+        assert_eq!(tracker.queued(), 1, "pending again, so the commit waits");
+    }
 
     #[test]
     fn a_partition_is_never_paused_for_what_the_route_itself_buffers() {
