@@ -107,7 +107,7 @@ impl PollThread {
             paused: Cell::new(0),
             reported: RefCell::new(HashSet::new()),
             last_error: Cell::new(None),
-            last_tp: RefCell::new(None),
+            topic: RefCell::new(None),
         };
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
@@ -154,8 +154,8 @@ struct Poller {
     /// Partitions with a lag gauge.
     reported: RefCell<HashSet<i32>>,
     last_error: Cell<Option<Instant>>,
-    /// The last record's partition: the next shares its topic name.
-    last_tp: RefCell<Option<Tp>>,
+    /// The last record's topic name, shared by the next record's `Tp`.
+    topic: RefCell<Option<Arc<str>>>,
 }
 
 impl Poller {
@@ -231,13 +231,15 @@ impl Poller {
 
     /// The record's partition, without allocating its topic name again.
     fn tp_of(&self, topic: &str, partition: i32) -> Tp {
-        let mut last = self.last_tp.borrow_mut();
-        let tp = match last.as_ref() {
-            Some(l) => l.sibling(topic, partition),
-            None => Tp::new(topic, partition),
+        let mut name = self.topic.borrow_mut();
+        let shared = match name.as_ref() {
+            Some(n) if **n == *topic => n.clone(),
+            _ => name.insert(topic.into()).clone(),
         };
-        *last = Some(tp.clone());
-        tp
+        Tp {
+            topic: shared,
+            partition,
+        }
     }
 
     /// Hands a record to the route, or holds it while the channel is full;

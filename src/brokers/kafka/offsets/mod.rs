@@ -45,18 +45,6 @@ impl Tp {
             partition,
         }
     }
-
-    /// A partition of the same topic as `self`, sharing its name.
-    pub fn sibling(&self, topic: &str, partition: i32) -> Self {
-        if *self.topic == *topic {
-            Self {
-                topic: self.topic.clone(),
-                partition,
-            }
-        } else {
-            Self::new(topic, partition)
-        }
-    }
 }
 
 impl std::fmt::Display for Tp {
