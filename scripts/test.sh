@@ -21,6 +21,16 @@ if ! pkg-config --exists openssl zlib 2>/dev/null; then
   apt-get update -qq && apt-get install -y -qq libssl-dev zlib1g-dev pkg-config
 fi
 
+# Checkers of generated files: the shells that parse `mqfn completions`, man
+# for `mqfn man`, promtool (Debian's prometheus) for the alert rules' tests.
+need=()
+for tool in zsh:zsh fish:fish man:man-db promtool:prometheus; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+if ((${#need[@]})); then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 # moto's S3 server stores the log of the private Kafka broker (tansu) that
 # tests/reliability_kafka.rs kills and restarts.

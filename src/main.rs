@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     mqfn::telemetry::init_logs(&cli.log_format, level);
+    if !cli.command.needs_config() {
+        return generate(&cli.command);
+    }
     // The config comes first: it sets how many threads the runtime has.
     let loaded = Config::locate(cli.config.as_deref()).and_then(|path| {
         let cfg = Config::load(&path)?;
@@ -69,8 +72,29 @@ async fn run(cli: Cli, path: PathBuf, mut cfg: Config) -> anyhow::Result<()> {
         Command::Call(args) => cli::call::run(&cfg, &args).await?,
         Command::Dlq(args) => cli::dlq::run(&cfg, &args).await?,
         Command::Status(args) => cli::status::run(&cfg, &args).await?,
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("needs no config"),
     }
     Ok(())
+}
+
+/// `completions` and `man`, which print what clap knows and read no config.
+fn generate(command: &Command) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let result = match command {
+        Command::Completions { shell } => {
+            cli::generate::completions(*shell, &mut out);
+            Ok(())
+        }
+        Command::Man { dir } => cli::generate::man(dir.as_deref(), &mut out),
+        _ => unreachable!("reads the config"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

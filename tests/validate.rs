@@ -394,3 +394,60 @@ fn every_broker_kind_and_endpoint_becomes_typed() {
     let err = load("[brokers.x]\nkind = \"redis\"\n").unwrap_err();
     assert!(err.contains("brokers.x.kind: unknown broker kind \"redis\"; expected one of nats, kafka, amqp, memory"), "{err}");
 }
+
+/// `completions` reads no config: run where none exists, each script
+/// parses in its own shell (installed by scripts/test.sh).
+#[test]
+fn completions_need_no_config_and_parse_in_their_shell() {
+    let empty = tempfile::tempdir().unwrap();
+    for (shell, check) in [
+        ("bash", &["bash", "-n"][..]),
+        ("zsh", &["zsh", "-n"][..]),
+        ("fish", &["fish", "--no-execute"][..]),
+    ] {
+        let out = std::process::Command::new(common::BIN)
+            .args(["completions", shell])
+            .current_dir(empty.path())
+            .env_remove("MQFN_CONFIG")
+            .output()
+            .expect("run mqfn");
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = empty.path().join(format!("mqfn.{shell}"));
+        std::fs::write(&script, &out.stdout).unwrap();
+        let parsed = std::process::Command::new(check[0])
+            .args(&check[1..])
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("{} (scripts/test.sh installs it): {e}", check[0]));
+        assert!(
+            parsed.status.success(),
+            "{shell} rejects the script: {}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+    }
+}
+
+/// `man --dir` writes a page per command, each one that `man` renders.
+#[test]
+fn man_pages_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = dir.path().join("mqfn-dlq-redrive.1");
+    let shown = std::process::Command::new("man")
+        .arg("-l")
+        .arg(&page)
+        .env("MANWIDTH", "80")
+        .output()
+        .expect("man (man-db)");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success() && text.contains("redrive"), "{text}");
+}

@@ -1,9 +1,10 @@
 //! The command line: `run`, `validate`, `publish`, `invoke`, `call`,
-//! `status`. Each command is one module.
+//! `dlq`, `status`, `completions`, `man`. Each command is one module.
 
 pub mod call;
 pub mod dlq;
 mod error;
+pub mod generate;
 pub mod invoke;
 pub mod publish;
 pub mod status;
@@ -54,6 +55,29 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// Print the status of a running mqfn as a table.
     Status(status::StatusArgs),
+    /// Print a shell completion script (needs no config).
+    ///
+    /// bash: `mqfn completions bash > ~/.local/share/bash-completion/completions/mqfn`;
+    /// zsh: into a directory of `$fpath` as `_mqfn`;
+    /// fish: `mqfn completions fish > ~/.config/fish/completions/mqfn.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page mqfn(1), or write one page per command into a
+    /// directory (needs no config).
+    Man {
+        /// Write `mqfn.1`, `mqfn-run.1`, ... into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    /// Whether the command reads the config (the generators do not).
+    pub fn needs_config(&self) -> bool {
+        !matches!(self, Self::Completions { .. } | Self::Man { .. })
+    }
 }
 
 /// The message options shared by `publish`, `invoke` and `call`.
