@@ -21,6 +21,7 @@ use crate::pool::autoscale;
 use crate::route::{Ended, Route, Sink, WINDOW_FACTOR};
 use crate::state::{AppState, RouteHandle};
 use crate::telemetry::admin;
+use crate::telemetry::names;
 
 /// Why `run` could not start or finish.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,10 @@ pub async fn build(cfg: &Config) -> Result<AppState, AppError> {
         {
             if !brokers.contains_key(&ep.broker) {
                 let bcfg = &cfg.brokers[&ep.broker]; // validated to exist
+                                                     // Exported at 0 from start, so that `increase()` (and the
+                                                     // alert rules) see the first error.
+                metrics::counter!(names::PUBLISH_ERRORS_TOTAL, "broker" => ep.broker.clone())
+                    .increment(0);
                 brokers.insert(
                     ep.broker.clone(),
                     brokers::connect(&ep.broker, bcfg, false).await?,

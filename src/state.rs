@@ -41,6 +41,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl RouteHandle {
     /// A route not yet subscribed.
     pub fn new(route: Arc<Route>, cfg: RouteConfig) -> Self {
+        // At 0 from start: `increase()` misses a series' first sample.
+        metrics::counter!(names::ROUTE_RESTARTS_TOTAL, "route" => cfg.name.clone()).increment(0);
         Self {
             route,
             cfg,

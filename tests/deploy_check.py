@@ -6,12 +6,15 @@ No Docker engine or cluster is needed: every file is parsed and cross-checked
 
     python3 -m unittest tests/deploy_check.py -v
 
-Needs Python 3.11+ (tomllib) and PyYAML (`pip install pyyaml`).
+Needs Python 3.11+ (tomllib), PyYAML (`pip install pyyaml`) and, for the
+alert rules, promtool (Debian's `prometheus`; scripts/test.sh installs both).
 """
 
 import json
 import re
 import shlex
+import shutil
+import subprocess
 import unittest
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,6 +38,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE_TOML = ROOT / "config" / "compose.toml"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERTS_YML = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERTS_TEST_YML = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
+OPERATIONS_MD = ROOT / "docs" / "operations.md"
+METRICS_MD = ROOT / "docs" / "metrics.md"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARD_JSON = GRAFANA_DIR / "dashboards" / "mqfn.json"
 GRAFANA_DS = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml"
@@ -601,6 +608,75 @@ class PrometheusTest(DeployTestCase):
         mounts = [str(v) for v in self.services["prometheus"]["volumes"]]
         self.assertTrue(any(m.startswith("./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml")
                             for m in mounts))
+
+
+class AlertRulesTest(DeployTestCase):
+    """deploy/prometheus/alerts.yml: loaded, tested with promtool, and each
+    alert has a runbook section in docs/operations.md."""
+
+    def promtool(self, *args):
+        tool = shutil.which("promtool")
+        if tool is None:
+            self.fail("promtool is missing: scripts/test.sh installs it (apt-get install prometheus)")
+        return subprocess.run([tool, *args], cwd=ROOT, capture_output=True, text=True)
+
+    def alerts(self):
+        return [r for g in load_yaml(ALERTS_YML)["groups"] for r in g["rules"] if "alert" in r]
+
+    def test_loaded_by_prometheus_and_mounted(self):
+        prom = load_yaml(PROMETHEUS_YML)
+        self.assertIn("alerts.yml", prom.get("rule_files", []))
+        mounts = [str(v) for v in self.services["prometheus"]["volumes"]]
+        self.assertIn("./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro", mounts,
+                      "mounted next to prometheus.yml, where rule_files resolves it")
+        checked = self.promtool("check", "config", str(PROMETHEUS_YML))
+        self.assertEqual(checked.returncode, 0, checked.stdout + checked.stderr)
+
+    def test_promtool_unit_tests_pass(self):
+        tested = self.promtool("test", "rules", str(ALERTS_TEST_YML))
+        self.assertEqual(tested.returncode, 0, tested.stdout + tested.stderr)
+
+    def test_every_alert_is_tested_firing(self):
+        tests = load_yaml(ALERTS_TEST_YML)["tests"]
+        fired = {c["alertname"] for t in tests for c in t.get("alert_rule_test", []) if c.get("exp_alerts")}
+        quiet = {c["alertname"] for t in tests for c in t.get("alert_rule_test", []) if not c.get("exp_alerts")}
+        for rule in self.alerts():
+            self.assertIn(rule["alert"], fired, f"{rule['alert']}: no test shows it firing")
+            self.assertIn(rule["alert"], quiet, f"{rule['alert']}: no test shows it quiet")
+
+    def test_the_issue_s_alerts_exist_with_for_severity_and_runbook(self):
+        names = {r["alert"] for r in self.alerts()}
+        self.assertEqual(names, {"MqfnBrokerDown", "MqfnRouteStuck", "MqfnRouteBehind",
+                                 "MqfnDeadLettersRising", "MqfnRouteRestarting"})
+        runbook = OPERATIONS_MD.read_text()
+        anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-")
+                   for h in re.findall(r"^#+ (.*)$", runbook, re.M)}
+        for rule in self.alerts():
+            name = rule["alert"]
+            self.assertRegex(rule.get("for", ""), r"^\d+[smh]$", f"{name}: no `for:`")
+            self.assertIn(rule["labels"].get("severity"), {"warning", "critical"}, name)
+            link = rule["annotations"].get("runbook", "")
+            self.assertTrue(link.startswith("docs/operations.md#"), f"{name}: runbook {link!r}")
+            self.assertIn(link.split("#", 1)[1], anchors, f"{name}: no section {link} in docs/operations.md")
+
+    def test_alerts_use_catalogued_metrics_and_labels(self):
+        catalogue = {}
+        for line in METRICS_MD.read_text().splitlines():
+            m = re.match(r"\| `(mqfn_[a-z_]+)` \| \w+ \| ([^|]*)\|", line)
+            if m:
+                catalogue[m.group(1)] = set(re.findall(r"`([a-z_]+)`", m.group(2)))
+        for rule in self.alerts():
+            expr = rule["expr"]
+            names = set(re.findall(r"\bmqfn_[a-z_]+", expr))
+            self.assertTrue(names, rule["alert"])
+            for name in names:
+                self.assertIn(name, catalogue, f"{rule['alert']}: {name} is not in docs/metrics.md")
+            labels = set().union(*(catalogue[n] for n in names)) | {"instance", "job"}
+            for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+                for label in re.split(r"\s*,\s*", group.strip()):
+                    self.assertIn(label, labels, f"{rule['alert']}: no label {label}")
+            for label in re.findall(r"\$labels\.(\w+)", json.dumps(rule["annotations"])):
+                self.assertIn(label, labels, f"{rule['alert']}: annotation uses unknown label {label}")
 
 
 # --------------------------------------------------------------------- Grafana

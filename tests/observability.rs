@@ -365,3 +365,84 @@ workers = {{ min = 1, max = 2, scale_interval = "100ms" }}
         );
     }
 }
+
+/// Every family of the catalogue that applies to a route is exported before
+/// its first message, at 0 where it counts: `increase()` in an alert rule
+/// (deploy/prometheus/alerts.yml) misses the first event of a series that
+/// appears with it, and a dashboard panel on a missing series shows "No
+/// data".
+#[tokio::test]
+async fn every_family_is_exported_from_start() {
+    let (p, s, _js) = common::js_stream("start").await;
+    let noop = concat!(env!("CARGO_MANIFEST_DIR"), "/handlers/examples/noop.py");
+    let cfg = format!(
+        r#"
+[brokers.js]
+kind = "nats"
+url = "{url}"
+
+[handlers.noop]
+kind = "process"
+command = ["python3", "{noop}"]
+
+[[routes]]
+name = "idle"
+source = {{ broker = "js", subject = "{p}.in", stream = "{s}", durable = "{p}-idle" }}
+handler = "noop"
+output = {{ broker = "js", subject = "{p}.out" }}
+dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
+workers = {{ min = 0, max = 3, scale_interval = "100ms" }}
+"#,
+        url = nats_url()
+    );
+    let m = Mqfn::start(&cfg);
+    m.wait_ready(LONG).await;
+    let text = eventually(LONG, "the first gauge sample", || async {
+        let t = m.metrics().await;
+        metric(&t, r#"mqfn_workers_desired{route="idle"}"#).map(|_| t)
+    })
+    .await;
+    let zero = [
+        r#"mqfn_messages_received_total{route="idle"}"#,
+        r#"mqfn_messages_settled_total{route="idle",outcome="ok"}"#,
+        r#"mqfn_messages_settled_total{route="idle",outcome="dead_lettered"}"#,
+        r#"mqfn_messages_redelivered_total{route="idle"}"#,
+        r#"mqfn_retries_total{route="idle"}"#,
+        r#"mqfn_dead_letters_total{route="idle"}"#,
+        r#"mqfn_route_restarts_total{route="idle"}"#,
+        r#"mqfn_publish_errors_total{broker="js"}"#,
+        r#"mqfn_handler_invocations_total{handler="noop",result="ok"}"#,
+        r#"mqfn_handler_invocations_total{handler="noop",result="timeout"}"#,
+        r#"mqfn_handler_billed_seconds_total{handler="noop"}"#,
+        r#"mqfn_cold_starts_total{handler="noop"}"#,
+        r#"mqfn_warm_starts_total{handler="noop"}"#,
+        r#"mqfn_instances{handler="noop",state="warm"}"#,
+        r#"mqfn_instances{handler="noop",state="busy"}"#,
+        r#"mqfn_workers{route="idle",state="busy"}"#,
+        r#"mqfn_workers{route="idle",state="idle"}"#,
+        r#"mqfn_oldest_inflight_age_seconds{route="idle"}"#,
+        r#"mqfn_backlog_messages{route="idle"}"#,
+    ];
+    for series in zero {
+        assert_eq!(metric(&text, series), Some(0.0), "{series} in:\n{text}");
+    }
+    assert_eq!(
+        metric(&text, r#"mqfn_workers_max{route="idle"}"#),
+        Some(3.0)
+    );
+    assert_eq!(metric(&text, r#"mqfn_broker_up{broker="js"}"#), Some(1.0));
+    // Every family of the catalogue but the Kafka-only one.
+    let catalogue =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let t = types(&text);
+    for line in catalogue.lines().filter(|l| l.starts_with("| `mqfn_")) {
+        let name = line.split('`').nth(1).unwrap();
+        if name.starts_with("mqfn_kafka_") {
+            continue;
+        }
+        assert!(
+            t.contains_key(name),
+            "{name} is not exported from start:\n{text}"
+        );
+    }
+}

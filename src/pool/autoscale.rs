@@ -40,6 +40,7 @@ pub async fn run(h: Arc<RouteHandle>, shutdown: CancellationToken) {
     let backlog_gauge = gauge(names::BACKLOG_MESSAGES);
     let desired_gauge = gauge(names::WORKERS_DESIRED);
     let oldest_gauge = gauge(names::OLDEST_INFLIGHT_AGE_SECONDS);
+    gauge(names::WORKERS_MAX).set(w.max as f64);
     let busy_gauge = metrics::gauge!(names::WORKERS, "route" => label.clone(), "state" => "busy");
     let idle_gauge = metrics::gauge!(names::WORKERS, "route" => label.clone(), "state" => "idle");
     let mut unprobed = 0;

@@ -28,6 +28,8 @@ pub const OLDEST_INFLIGHT_AGE_SECONDS: &str = "mqfn_oldest_inflight_age_seconds"
 pub const WORKERS: &str = "mqfn_workers";
 /// Workers the autoscaler wants, by `route`.
 pub const WORKERS_DESIRED: &str = "mqfn_workers_desired";
+/// The route's `workers.max`, by `route`.
+pub const WORKERS_MAX: &str = "mqfn_workers_max";
 /// Handler instances, by `handler` and `state` (warm, busy).
 pub const INSTANCES: &str = "mqfn_instances";
 /// Cold starts, by `handler`.
@@ -81,6 +83,7 @@ pub fn describe() {
     );
     describe_gauge!(WORKERS, "Workers, by state (busy, idle).");
     describe_gauge!(WORKERS_DESIRED, "Workers the autoscaler wants.");
+    describe_gauge!(WORKERS_MAX, "The route's workers.max.");
     describe_gauge!(INSTANCES, "Handler instances, by state (warm, busy).");
     describe_counter!(COLD_STARTS_TOTAL, "Handler instances created.");
     describe_counter!(
