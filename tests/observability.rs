@@ -446,3 +446,58 @@ workers = {{ min = 0, max = 3, scale_interval = "100ms" }}
         );
     }
 }
+
+/// With its Kafka cluster unreachable, mqfn logs the outage once, not once
+/// per client per reconnect attempt (it was about 60 warnings a second), and
+/// its log, written to a file, has no colour codes.
+#[tokio::test]
+async fn an_unreachable_kafka_is_logged_once_per_outage() {
+    let (_dir, path) = common::write_config(
+        r#"
+[brokers.k]
+kind = "kafka"
+bootstrap = "127.0.0.1:1"
+
+[[routes]]
+name = "r"
+source = { broker = "k", topic = "in" }
+handler = "echo"
+dead_letter = { broker = "k", topic = "in.dlq" }
+"#,
+    );
+    let log = path.with_file_name("mqfn.log");
+    let start = std::time::Instant::now();
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--admin", &format!("127.0.0.1:{}", common::free_port())])
+        // Suppressed complaints are still logged at debug: the test counts
+        // them to know that many came.
+        .env("RUST_LOG", "warn,mqfn=debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn mqfn run");
+    let text = eventually(LONG, "100 suppressed Kafka complaints", || async {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        let suppressed = t
+            .lines()
+            .filter(|l| l.contains("Kafka client error."))
+            .count();
+        (suppressed >= 100).then_some(t)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let warned = |needle: &str| {
+        text.lines()
+            .filter(|l| l.contains("WARN") && l.contains(needle))
+            .count()
+    };
+    // The outage's first complaint (a connect failure or a client error,
+    // whichever came first), then a summary per minute at most.
+    let summaries = warned("Kafka client errors go on") + warned("Kafka still unreachable");
+    assert_eq!(warned("mqfn::brokers::kafka") - summaries, 1, "{text}");
+    let minutes = start.elapsed().as_secs() / 60;
+    assert!(summaries as u64 <= minutes + 1, "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a file: {text}");
+}

@@ -81,14 +81,22 @@ fn redact_unparsed(s: &str) -> String {
     }
 }
 
-/// Sets up `tracing`: `format` is `pretty` or `json`; `RUST_LOG` filters,
-/// else `default_level` applies to mqfn and `warn` to client libraries.
+/// Sets up `tracing`: `format` is `pretty` or `json`; `RUST_LOG` filters
+/// (see [`filter_directives`]). Colours only on a terminal, and never with
+/// `NO_COLOR` set: a container's log is a file.
 pub fn init_logs(format: &str, default_level: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,mqfn={default_level}")));
+    let env = std::env::var("RUST_LOG").ok();
+    let directives = filter_directives(env.as_deref(), default_level);
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("warning: RUST_LOG={directives:?} is not a valid filter ({e}); using the default. Example: RUST_LOG=debug or RUST_LOG=warn,mqfn=debug,rdkafka=info");
+        EnvFilter::new(filter_directives(None, default_level))
+    });
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().flatten_event(true).init();
@@ -97,9 +105,45 @@ pub fn init_logs(format: &str, default_level: &str) {
     }
 }
 
+/// The log filter for `RUST_LOG`.
+///
+/// - unset or empty: `default_level` for mqfn, `warn` for client libraries;
+/// - a bare level (`RUST_LOG=debug`): that level for mqfn, the libraries
+///   staying at `warn` unless the level is quieter (`error`, `off`), so that
+///   `RUST_LOG=info` does not turn on every crate's info lines;
+/// - anything else is an `EnvFilter` directive list, taken as written
+///   (`RUST_LOG=info,lapin=debug`).
+pub fn filter_directives(env: Option<&str>, default_level: &str) -> String {
+    let env = env.map(str::trim).unwrap_or_default();
+    let level = if env.is_empty() { default_level } else { env };
+    match level.to_ascii_lowercase().as_str() {
+        quiet @ ("error" | "off") => quiet.to_owned(),
+        bare @ ("warn" | "info" | "debug" | "trace") => format!("warn,mqfn={bare}"),
+        _ => env.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_level_applies_to_mqfn_and_directives_are_taken_as_written() {
+        assert_eq!(filter_directives(None, "info"), "warn,mqfn=info");
+        assert_eq!(filter_directives(Some(""), "warn"), "warn,mqfn=warn");
+        assert_eq!(filter_directives(Some("info"), "warn"), "warn,mqfn=info");
+        assert_eq!(
+            filter_directives(Some(" DEBUG "), "info"),
+            "warn,mqfn=debug"
+        );
+        assert_eq!(filter_directives(Some("error"), "info"), "error");
+        assert_eq!(filter_directives(Some("off"), "info"), "off");
+        assert_eq!(
+            filter_directives(Some("info,lapin=debug"), "info"),
+            "info,lapin=debug"
+        );
+        assert_eq!(filter_directives(Some("mqfn=trace"), "info"), "mqfn=trace");
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
@@ -12,6 +13,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext};
 use tracing::{debug, error, warn};
 
+use super::quiet::{Quiet, Verdict};
 use super::set_up;
 use super::{KafkaConfig, KafkaSource};
 use crate::config::RouteConfig;
@@ -131,8 +133,28 @@ impl ConsumerContext for LogContext {}
 /// Logs one librdkafka line at a matching level. Property warnings (a
 /// consumer property given to the producer) are expected: the properties
 /// table is shared by both.
+/// Connection failures (facility `FAIL`) go through the broker's [`Quiet`]:
+/// every client logs one per reconnect attempt.
 pub(super) fn log(broker: &str, level: RDKafkaLogLevel, fac: &str, line: &str) {
     use RDKafkaLogLevel as L;
+    let loud = matches!(
+        level,
+        L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
+    );
+    if loud && fac == "FAIL" {
+        return match Quiet::of(broker).complain(Instant::now()) {
+            Verdict::Log => warn!(broker, facility = fac, "librdkafka: {line}"),
+            Verdict::Summary(n) => {
+                warn!(
+                    broker,
+                    suppressed = n,
+                    last = line,
+                    "Kafka still unreachable; {n} similar lines in the last minute."
+                )
+            }
+            Verdict::Drop => debug!(broker, facility = fac, "librdkafka: {line}"),
+        };
+    }
     match level {
         L::Emerg | L::Alert | L::Critical | L::Error => {
             error!(broker, facility = fac, "librdkafka: {line}")
@@ -142,8 +164,18 @@ pub(super) fn log(broker: &str, level: RDKafkaLogLevel, fac: &str, line: &str) {
     }
 }
 
+/// A client error: the first of an outage is logged, the rest are counted
+/// and summed up once a minute (see [`Quiet`]).
 pub(super) fn on_error(broker: &str, error: &KafkaError, reason: &str) {
-    warn!(broker, error = %error, reason, "Kafka client error; it reconnects by itself.");
+    match Quiet::of(broker).complain(Instant::now()) {
+        Verdict::Log => {
+            warn!(broker, error = %error, reason, "Kafka client error; it reconnects by itself. Repeats are summed up once a minute.")
+        }
+        Verdict::Summary(n) => {
+            warn!(broker, suppressed = n, last_error = %error, last_reason = reason, "Kafka client errors go on; {n} in the last minute.")
+        }
+        Verdict::Drop => debug!(broker, error = %error, reason, "Kafka client error."),
+    }
 }
 
 #[cfg(test)]

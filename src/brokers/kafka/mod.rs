@@ -15,6 +15,7 @@ pub mod config;
 mod consumer;
 mod dlq;
 mod offsets;
+mod quiet;
 mod rebalance;
 mod sink;
 mod source;
@@ -117,7 +118,8 @@ async fn watch(
         let ok = admin::ping(producer.clone(), REQUEST_TIMEOUT).await;
         if ok != up.load(Ordering::Relaxed) {
             if ok {
-                info!(broker = %name, "Connected to Kafka.");
+                let suppressed = quiet::Quiet::of(&name).recovered();
+                info!(broker = %name, suppressed, "Connected to Kafka.");
             } else {
                 warn!(broker = %name, "Kafka does not answer; retrying.");
             }
