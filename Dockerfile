@@ -31,6 +31,17 @@ WORKDIR /build
 # keeps target/ and .git/ out of the context.
 COPY . .
 
+# Link-time optimisation: Cargo.toml's release profile uses fat LTO with one
+# codegen unit (the smallest, fastest binary; docs/benchmarks.md measures it),
+# which takes about 10 minutes on 2 cores and a lot of memory. The image
+# defaults to thin LTO with 16 units, a few minutes and much less memory;
+# `docker compose build --build-arg LTO=fat --build-arg CODEGEN_UNITS=1`
+# builds the benchmarked binary.
+ARG LTO=thin
+ARG CODEGEN_UNITS=16
+ENV CARGO_PROFILE_RELEASE_LTO=${LTO} \
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=${CODEGEN_UNITS}
+
 # Registry, git checkouts and target/ live in BuildKit cache mounts, so a
 # rebuild after a source change only recompiles the workspace crates. The
 # target dir is a cache mount, so the binary is copied out in the same step.

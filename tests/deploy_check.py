@@ -153,16 +153,18 @@ def container_port(spec):
 
 
 def host_port(spec):
+    """Host side of a `ports` entry, with `${VAR:-default}` at its default."""
     if isinstance(spec, dict):
-        return int(spec["published"]) if "published" in spec else None
-    parts = str(spec).split("/")[0].split(":")
+        return int(expand_defaults(str(spec["published"]))) if "published" in spec else None
+    parts = expand_defaults(str(spec)).split("/")[0].split(":")
     return int(parts[-2]) if len(parts) >= 2 else None
 
 
 def listener_ports(listeners):
-    """'PLAINTEXT://:9092,CONTROLLER://:9093' -> {'PLAINTEXT': ('', 9092), ...}."""
+    """'PLAINTEXT://:9092,CONTROLLER://:9093' -> {'PLAINTEXT': ('', 9092), ...}
+    (`${VAR:-default}` at its default)."""
     out = {}
-    for item in str(listeners).split(","):
+    for item in expand_defaults(str(listeners)).split(","):
         name, _, addr = item.strip().partition("://")
         host, _, port = addr.rpartition(":")
         out[name] = (host, int(port))
@@ -353,10 +355,72 @@ class ComposeTest(DeployTestCase):
         self.assertIn("8222", " ".join(as_argv(s["nats"]["command"])))
         kafka = as_argv(s["kafka"]["healthcheck"]["test"])
         self.assertIn("/opt/kafka/bin/kafka-broker-api-versions.sh", kafka)
-        self.assertIn("rabbitmq-diagnostics -q ping", " ".join(as_argv(s["rabbitmq"]["healthcheck"]["test"])))
+        # `ping` passes before the AMQP listener is up.
+        self.assertIn("rabbitmq-diagnostics -q check_port_connectivity",
+                      " ".join(as_argv(s["rabbitmq"]["healthcheck"]["test"])))
         mqfn = " ".join(as_argv(s["mqfn"]["healthcheck"]["test"]))
         self.assertRegex(mqfn, rf"curl -fsS .*http://127\.0\.0\.1:{self.admin_port()}/readyz")
         self.assertIn("curl", DOCKERFILE.read_text(), "runtime image must install curl for the healthcheck")
+
+    def test_healthchecks_are_cheap_after_start(self):
+        """Checks that start a JVM or an Erlang VM run once a minute at most
+        once started; every check polls fast while starting."""
+        heavy = ("kafka-broker-api-versions.sh", "rabbitmq-diagnostics")
+        for name, svc in self.services.items():
+            hc = svc.get("healthcheck")
+            if not hc:
+                continue
+            interval = parse_duration(hc["interval"])
+            self.assertIn("start_interval", hc, f"{name}: no start_interval (slow to turn healthy)")
+            self.assertLessEqual(parse_duration(hc["start_interval"]), 2, name)
+            if any(h in " ".join(as_argv(hc["test"])) for h in heavy):
+                self.assertGreaterEqual(interval, 60, f"{name}: a VM-starting healthcheck every {interval}s")
+            else:
+                self.assertGreaterEqual(interval, 15, f"{name}: healthcheck every {interval}s")
+
+    def test_logs_are_rotated(self):
+        for name, svc in self.services.items():
+            logging = svc.get("logging") or {}
+            opts = logging.get("options", {})
+            self.assertEqual(logging.get("driver"), "json-file", f"{name}: no rotated log driver")
+            self.assertIn("max-size", opts, name)
+            self.assertIn("max-file", opts, name)
+
+    def test_processes_that_spawn_run_under_an_init(self):
+        for name in ("mqfn", "demo"):
+            self.assertIs(self.services[name].get("init"), True, f"{name}: init: true")
+
+    def test_demo_stops_at_once_on_sigterm(self):
+        demo = self.services["demo"]
+        script = "\n".join(as_argv(demo.get("command")))
+        self.assertRegex(script, r"trap '[^']*exit 0' TERM")
+        # A foreground sleep would hold the trap until it ends.
+        self.assertRegex(script, r"sleep \d+ &\s*\n\s*wait \$\$!")
+        self.assertLessEqual(parse_duration(demo.get("stop_grace_period", "10s")), 10)
+
+    def test_every_host_port_can_be_moved(self):
+        for name, svc in self.services.items():
+            for p in svc.get("ports", []):
+                text = str(p)
+                self.assertTrue(text.startswith("127.0.0.1:"), f"{name}: {text} not bound to 127.0.0.1")
+                self.assertRegex(text, r"^127\.0\.0\.1:\$\{[A-Z_]+_PORT:-\d+\}:\d+$",
+                                 f"{name}: host port of {text} has no env var")
+        header = COMPOSE_FILE.read_text().split("\nx-logging", 1)[0]
+        for var in set(re.findall(r"\$\{([A-Z_]+_PORT):-", COMPOSE_FILE.read_text())):
+            self.assertIn(var, header, f"{var} is not listed in the compose file's header")
+
+    def test_kafka_keeps_what_fits_on_a_laptop(self):
+        env = env_dict(self.services["kafka"]["environment"])
+        self.assertLessEqual(int(env["KAFKA_LOG_RETENTION_MS"]), 24 * 3600 * 1000)
+        self.assertLessEqual(int(env["KAFKA_LOG_RETENTION_BYTES"]), 256 * 2**20)
+        self.assertLessEqual(int(env["KAFKA_LOG_SEGMENT_BYTES"]), 64 * 2**20)
+        # Retention deletes closed segments only: a segment must roll in time.
+        self.assertLessEqual(int(env["KAFKA_LOG_ROLL_MS"]), int(env["KAFKA_LOG_RETENTION_MS"]))
+
+    def test_mqfn_logs_plainly(self):
+        env = env_dict(self.services["mqfn"]["environment"])
+        self.assertEqual(env.get("NO_COLOR"), "1")
+        self.assertEqual(expand_defaults(env["RUST_LOG"]), "info", "a bare level (mqfn only)")
 
     def test_nats_jetstream_enabled(self):
         argv = as_argv(self.services["nats"]["command"])
@@ -391,6 +455,11 @@ class ComposeTest(DeployTestCase):
         self.assertEqual(listeners[external[0]][1], ext_port)
         published = {host_port(p): container_port(p) for p in self.services["kafka"].get("ports", [])}
         self.assertEqual(published.get(ext_port), ext_port, "EXTERNAL listener port must be published 1:1")
+        # Moving the host port moves what is advertised to host clients too.
+        var = re.search(r"EXTERNAL://localhost:\$\{(\w+):-\d+\}", env["KAFKA_ADVERTISED_LISTENERS"])
+        self.assertIsNotNone(var, "the EXTERNAL advertised port must follow the host port's env var")
+        self.assertTrue(any(f"${{{var.group(1)}:-" in str(p) for p in self.services["kafka"]["ports"]),
+                        f"the published EXTERNAL port must use ${{{var.group(1)}}} too")
         if "CLUSTER_ID" in env:
             self.assertRegex(env["CLUSTER_ID"], r"^[A-Za-z0-9_-]{22}$", "CLUSTER_ID is a base64url 16-byte UUID")
 
@@ -405,7 +474,7 @@ class ComposeTest(DeployTestCase):
         self.assertEqual(published("rabbitmq").get(15672), 15672)
         self.assertEqual(published("prometheus").get(9091), 9090)
         self.assertEqual(published("grafana").get(3000), 3000)
-        self.assertIn("127.0.0.1:9090:9090", [str(p) for p in s["mqfn"]["ports"]])
+        self.assertEqual(published("mqfn").get(9090), 9090)
         # No host port is published twice.
         seen = {}
         for name, svc in s.items():
@@ -469,6 +538,12 @@ class ComposeTest(DeployTestCase):
 
 
 class DockerfileTest(DeployTestCase):
+    def test_thin_lto_by_default(self):
+        lines = dockerfile_lines(DOCKERFILE.read_text())
+        self.assertIn("ARG LTO=thin", lines)
+        env = next(l for l in lines if l.startswith("ENV CARGO_PROFILE_RELEASE_LTO="))
+        self.assertIn("CARGO_PROFILE_RELEASE_LTO=${LTO}", env)
+
     def test_stages_and_runtime(self):
         text = DOCKERFILE.read_text()
         lines = dockerfile_lines(text)
@@ -533,6 +608,31 @@ class ComposeConfigTest(DeployTestCase):
                     advertised = listener_ports(env["KAFKA_ADVERTISED_LISTENERS"])
                     lname = next(n for n, (_, p) in listeners.items() if p == port)
                     self.assertEqual(advertised.get(lname), (host, port))
+
+    def test_storage_is_bounded(self):
+        for name, broker in self.config["brokers"].items():
+            for stream in broker.get("streams", []):
+                self.assertIn("max_age", stream, f"{name}: stream {stream['name']} kept for ever")
+                self.assertTrue("max_messages" in stream or "max_bytes" in stream,
+                                f"{name}: stream {stream['name']} has no size bound")
+            for queue in broker.get("queues", []):
+                args = queue.get("arguments", {})
+                self.assertIn("x-max-length", args, f"{name}: queue {queue['name']} has no bound")
+                self.assertIn(args.get("x-overflow"), {"drop-head", "reject-publish"}, queue["name"])
+
+    def test_a_route_runs_a_process_handler(self):
+        """Built-ins keep no instances: without a process handler the
+        instance and cold-start panels have no data."""
+        handlers = self.config.get("handlers", {})
+        used = {r["handler"] for r in self.config["routes"]}
+        process = [h for h in used if handlers.get(h, {}).get("kind") == "process"]
+        self.assertTrue(process, "no compose route uses a process handler")
+        for h in process:
+            command = handlers[h]["command"]
+            script = next((c for c in command if c.startswith("handlers/")), None)
+            self.assertIsNotNone(script, f"{h}: its script is not under handlers/ (copied into the image)")
+            self.assertTrue((ROOT / script).is_file(), f"{h}: {script} missing")
+        self.assertIn("python3", DOCKERFILE.read_text(), "the runtime image needs python3")
 
     def test_env_defaults_match_compose_env(self):
         """Env vars that compose sets for mqfn agree with the config's defaults."""

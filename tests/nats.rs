@@ -654,6 +654,9 @@ url = "{url}"
 [[brokers.js.streams]]
 name = "{s}"
 subjects = ["{p}.out"]
+max_age = "1h"
+max_messages = 1000
+max_bytes = 1048576
 
 [[routes]]
 name = "r"
@@ -666,10 +669,15 @@ output = {{ broker = "js", subject = "{p}.out" }}
     let m = Mqfn::start(&cfg);
     m.wait_ready(LONG).await;
     let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-    eventually(LONG, "the output stream", || async {
-        js.get_stream(&s).await.ok().map(|_| ())
+    let mut stream = eventually(LONG, "the output stream", || async {
+        js.get_stream(&s).await.ok()
     })
     .await;
+    // Declared with its bounds.
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.max_age, Duration::from_secs(3600));
+    assert_eq!(config.max_messages, 1000);
+    assert_eq!(config.max_bytes, 1_048_576);
     // A core request now has somewhere durable for its result.
     let client = async_nats::connect(nats_url()).await.unwrap();
     client

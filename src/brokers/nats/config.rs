@@ -69,6 +69,12 @@ pub struct NatsStream {
     /// How long messages are kept; unlimited when absent.
     #[serde(default, with = "humantime_serde")]
     pub max_age: Option<Duration>,
+    /// The most messages kept (the oldest go first); unlimited when absent.
+    #[serde(default)]
+    pub max_messages: Option<u64>,
+    /// The most bytes kept (the oldest go first); unlimited when absent.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
 }
 
 /// Where a stream is kept.

@@ -82,6 +82,13 @@ pub(super) async fn ensure_streams(
                 Storage::File => stream::StorageType::File,
             },
             max_age: s.max_age.unwrap_or_default(),
+            // -1 is JetStream's "unlimited".
+            max_messages: s
+                .max_messages
+                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+            max_bytes: s
+                .max_bytes
+                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
             ..Default::default()
         };
         js.get_or_create_stream(config).await.map_err(|e| {
