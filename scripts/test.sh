@@ -7,7 +7,8 @@
 #    127.0.0.1, started when missing (scripts/services.sh), and moto, the S3
 #    server under the private tansu that tests/reliability_kafka.rs restarts;
 # 2. the handler SDK tests (Python unittest, Node's test runner) and the
-#    deploy cross-checks (compose, Prometheus, Grafana, k8s);
+#    deploy cross-checks (compose, Prometheus and its alert rules, Grafana,
+#    the Kustomize overlays), with the checkers they need;
 # 3. the Rust tests: unit tests and the integration tests in tests/, which
 #    talk to the real brokers.
 set -euo pipefail
@@ -24,7 +25,9 @@ fi
 # Checkers of generated files: the shells that parse `mqfn completions`, man
 # for `mqfn man`, promtool (Debian's prometheus) for the alert rules' tests.
 need=()
-for tool in zsh:zsh fish:fish man:man-db promtool:prometheus; do
+# kubectl renders the Kustomize overlays (kustomize v5: kubectl 1.27+; Debian
+# bookworm's kubernetes-client is older, so prefer a current kubectl on PATH).
+for tool in zsh:zsh fish:fish man:man-db promtool:prometheus kubectl:kubernetes-client; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if ((${#need[@]})); then
@@ -32,6 +35,7 @@ if ((${#need[@]})); then
 fi
 
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
 # moto's S3 server stores the log of the private Kafka broker (tansu) that
 # tests/reliability_kafka.rs kills and restarts.
 python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'

@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import unittest
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -79,13 +80,17 @@ API_VERSIONS = {
     "Deployment": "apps/v1",
     "ScaledObject": "keda.sh/v1alpha1",
     "TriggerAuthentication": "keda.sh/v1alpha1",
+    "PodDisruptionBudget": "policy/v1",
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
 }
-KEDA_FILES = {
-    "keda-nats-jetstream.yaml": "nats-jetstream",
-    "keda-kafka.yaml": "kafka",
-    "keda-rabbitmq.yaml": "rabbitmq",
-    "keda-prometheus.yaml": "prometheus",
+KEDA_OVERLAYS = {
+    "keda-nats-jetstream": "nats-jetstream",
+    "keda-kafka": "kafka",
+    "keda-rabbitmq": "rabbitmq",
+    "keda-prometheus": "prometheus",
 }
+OVERLAYS = ["plain", *KEDA_OVERLAYS, "servicemonitor"]
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
@@ -874,36 +879,79 @@ class GrafanaTest(DeployTestCase):
 
 
 class KubernetesTest(DeployTestCase):
-    def docs(self):
-        out = {}
-        for path in sorted(K8S_DIR.glob("*.yaml")) + sorted(K8S_DIR.glob("*.yml")):
-            out[path.name] = load_yaml_all(path)
-        return out
+    """deploy/k8s: a Kustomize base and overlays, each rendered with
+    `kubectl kustomize` and checked as rendered, core kinds also with
+    kubernetes-validate (scripts/test.sh installs both when missing)."""
 
-    def by_kind(self, kind):
-        return [(f, d) for f, docs in self.docs().items() for d in docs if d["kind"] == kind]
+    rendered_cache = {}
 
-    def one(self, kind):
-        found = self.by_kind(kind)
-        self.assertEqual(len(found), 1, f"expected exactly one {kind}")
-        return found[0][1]
+    def render(self, overlay):
+        if overlay not in self.rendered_cache:
+            kubectl = shutil.which("kubectl")
+            if kubectl is None:
+                self.fail("kubectl is missing: scripts/test.sh installs it (apt-get install kubernetes-client)")
+            out = subprocess.run([kubectl, "kustomize", str(K8S_DIR / "overlays" / overlay)],
+                                 capture_output=True, text=True)
+            self.assertEqual(out.returncode, 0, f"overlays/{overlay}: {out.stderr}")
+            self.rendered_cache[overlay] = (out.stdout, [d for d in yaml.safe_load_all(out.stdout) if d])
+        return self.rendered_cache[overlay]
 
-    def k8s_config(self):
-        dep, cm = self.one("Deployment"), self.one("ConfigMap")
+    def docs(self, overlay="plain"):
+        return self.render(overlay)[1]
+
+    def one(self, kind, overlay="plain"):
+        found = [d for d in self.docs(overlay) if d["kind"] == kind]
+        self.assertEqual(len(found), 1, f"overlays/{overlay}: expected exactly one {kind}")
+        return found[0]
+
+    def k8s_config(self, overlay="plain"):
+        dep, cm = self.one("Deployment", overlay), self.one("ConfigMap", overlay)
         container = dep["spec"]["template"]["spec"]["containers"][0]
         cfg_path = flag_value(container["args"], "--config")
         key = Path(cfg_path).name
         return load_toml_text(cm["data"][key])
 
-    def test_kinds_and_api_versions(self):
-        docs = self.docs()
-        for name in ("configmap.yaml", "deployment.yaml", "service.yaml", *KEDA_FILES):
-            self.assertIn(name, docs, f"deploy/k8s/{name} missing")
-        for fname, items in docs.items():
-            for d in items:
-                self.assertIn(d.get("kind"), API_VERSIONS, f"{fname}: unexpected kind {d.get('kind')}")
-                self.assertEqual(d.get("apiVersion"), API_VERSIONS[d["kind"]], f"{fname}: {d['kind']} apiVersion")
-                self.assertTrue(d.get("metadata", {}).get("name"), f"{fname}: {d['kind']} without a name")
+    def test_layout(self):
+        self.assertTrue((K8S_DIR / "base" / "kustomization.yaml").is_file())
+        found = sorted(p.name for p in (K8S_DIR / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+        self.assertEqual(found, sorted(OVERLAYS), "overlays/ must hold exactly the documented overlays")
+        readme = (K8S_DIR / "README.md").read_text()
+        for overlay in OVERLAYS:
+            self.assertIn(f"overlays/{overlay}", readme, f"deploy/k8s/README.md does not show {overlay}")
+        self.assertEqual(list(K8S_DIR.glob("*.yaml")), [], "manifests live in base/ and overlays/")
+
+    def test_every_overlay_renders_and_validates(self):
+        validate = shutil.which("kubernetes-validate")
+        if validate is None:
+            self.fail("kubernetes-validate is missing: scripts/test.sh installs it (pip install kubernetes-validate)")
+        for overlay in OVERLAYS:
+            text, docs = self.render(overlay)
+            for d in docs:
+                self.assertIn(d.get("kind"), API_VERSIONS, f"{overlay}: unexpected kind {d.get('kind')}")
+                self.assertEqual(d.get("apiVersion"), API_VERSIONS[d["kind"]], f"{overlay}: {d['kind']} apiVersion")
+                self.assertTrue(d.get("metadata", {}).get("name"), f"{overlay}: {d['kind']} without a name")
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+                f.write(text)
+                f.flush()
+                # Custom resources (KEDA, Prometheus Operator) have no bundled
+                # schema: they are warned about, and checked below instead.
+                out = subprocess.run([validate, "--strict", "--quiet", f.name], capture_output=True, text=True)
+            self.assertEqual(out.returncode, 0, f"overlays/{overlay}: {out.stdout}{out.stderr}")
+
+    def test_plain_has_fixed_replicas_and_keda_overlays_none(self):
+        self.assertGreaterEqual(self.one("Deployment", "plain")["spec"].get("replicas", 1), 2)
+        for overlay, _ in KEDA_OVERLAYS.items():
+            self.assertNotIn("replicas", self.one("Deployment", overlay)["spec"],
+                             f"{overlay}: the HPA KEDA creates owns replicas")
+
+    def test_pod_disruption_budget(self):
+        for overlay in OVERLAYS:
+            pdb, dep = self.one("PodDisruptionBudget", overlay), self.one("Deployment", overlay)
+            labels = dep["spec"]["template"]["metadata"]["labels"]
+            self.assertTrue(set(pdb["spec"]["selector"]["matchLabels"].items()) <= set(labels.items()))
+            # maxUnavailable, so that a drain proceeds at one replica (and at zero).
+            self.assertEqual(pdb["spec"].get("maxUnavailable"), 1)
+            self.assertNotIn("minAvailable", pdb["spec"])
 
     def test_configmap_key_is_mounted(self):
         dep, cm = self.one("Deployment"), self.one("ConfigMap")
@@ -972,28 +1020,41 @@ class KubernetesTest(DeployTestCase):
         targets = [p.get("targetPort", p["port"]) for p in svc["spec"]["ports"]]
         self.assertIn(admin, [ports[t] if isinstance(t, str) else t for t in targets])
 
+    def test_service_monitor_and_rules(self):
+        docs = self.docs("servicemonitor")
+        svc = self.one("Service", "servicemonitor")
+        sm = self.one("ServiceMonitor", "servicemonitor")
+        self.assertTrue(set(sm["spec"]["selector"]["matchLabels"].items()) <= set(svc["metadata"]["labels"].items()),
+                        "the ServiceMonitor selects no Service")
+        port_names = {p["name"] for p in svc["spec"]["ports"]}
+        for ep in sm["spec"]["endpoints"]:
+            self.assertIn(ep["port"], port_names)
+            self.assertEqual(ep.get("path", "/metrics"), "/metrics")
+        rule = self.one("PrometheusRule", "servicemonitor")
+        self.assertEqual(rule["spec"], load_yaml(ALERTS_YML),
+                         "the PrometheusRule differs from alerts.yml: run scripts/prometheus-rule.py")
+        self.assertGreaterEqual(self.one("Deployment", "servicemonitor")["spec"].get("replicas", 1), 2,
+                                "builds on the plain overlay")
+        self.assertEqual(len(docs), 6, "the plain overlay and the two Prometheus Operator objects")
+
     def test_scaled_objects(self):
-        dep = self.one("Deployment")
-        cfg = self.k8s_config()
-        routes = {r["name"]: r for r in cfg["routes"]}
-        docs = self.docs()
-        for fname, trigger_type in KEDA_FILES.items():
-            scaled = [d for d in docs[fname] if d["kind"] == "ScaledObject"]
-            self.assertEqual(len(scaled), 1, f"{fname}: one ScaledObject")
-            so = scaled[0]["spec"]
+        for overlay, trigger_type in KEDA_OVERLAYS.items():
+            dep = self.one("Deployment", overlay)
+            cfg = self.k8s_config(overlay)
+            routes = {r["name"]: r for r in cfg["routes"]}
+            docs = self.docs(overlay)
+            so = self.one("ScaledObject", overlay)["spec"]
             ref = so["scaleTargetRef"]
-            self.assertEqual(ref["name"], dep["metadata"]["name"], f"{fname}: scaleTargetRef")
+            self.assertEqual(ref["name"], dep["metadata"]["name"], f"{overlay}: scaleTargetRef")
             self.assertEqual(ref.get("kind", "Deployment"), "Deployment")
-            self.assertIn(so["minReplicaCount"], (0, 1), fname)
-            self.assertEqual(so["maxReplicaCount"], 10, fname)
+            self.assertIn(so["minReplicaCount"], (0, 1), overlay)
+            self.assertEqual(so["maxReplicaCount"], 10, overlay)
             self.assertTrue(so["triggers"])
             for trig in so["triggers"]:
-                self.assertEqual(trig["type"], trigger_type, fname)
-                self.check_trigger(fname, trig, cfg, routes, docs)
+                self.assertEqual(trig["type"], trigger_type, overlay)
+                self.check_trigger(overlay, trig, cfg, routes, docs)
         # Scaling on a metric mqfn itself exports cannot start from zero replicas.
-        prom = next(d for d in docs["keda-prometheus.yaml"] if d["kind"] == "ScaledObject")
-        self.assertEqual(prom["spec"]["minReplicaCount"], 1)
-
+        self.assertEqual(self.one("ScaledObject", "keda-prometheus")["spec"]["minReplicaCount"], 1)
     def check_trigger(self, fname, trig, cfg, routes, docs):
         md = trig["metadata"]
         for v in md.values():
@@ -1022,13 +1083,12 @@ class KubernetesTest(DeployTestCase):
             self.assertEqual(md["mode"], "QueueLength")
             self.assertIn(md["queueName"], {r["source"]["queue"] for r in routes_on("amqp")})
             auth_name = trig["authenticationRef"]["name"]
-            auths = {d["metadata"]["name"]: d for items in docs.values() for d in items
-                     if d["kind"] == "TriggerAuthentication"}
+            auths = {d["metadata"]["name"]: d for d in docs if d["kind"] == "TriggerAuthentication"}
             self.assertIn(auth_name, auths, f"{fname}: TriggerAuthentication {auth_name} missing")
             refs = auths[auth_name]["spec"]["secretTargetRef"]
             self.assertIn("host", {r["parameter"] for r in refs})
             # The Deployment reads the same Secret for its AMQP URL.
-            dep = self.one("Deployment")
+            dep = self.one("Deployment", fname)
             env = dep["spec"]["template"]["spec"]["containers"][0].get("env", [])
             secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
             self.assertTrue({r["name"] for r in refs} <= secrets, f"{fname}: Secret differs from the Deployment's")
@@ -1043,8 +1103,8 @@ class KubernetesTest(DeployTestCase):
             self.fail(f"{fname}: unexpected trigger {t}")
 
     def test_every_route_is_covered_by_prometheus_scaler(self):
-        cfg = self.k8s_config()
-        prom = next(d for d in self.docs()["keda-prometheus.yaml"] if d["kind"] == "ScaledObject")
+        cfg = self.k8s_config("keda-prometheus")
+        prom = self.one("ScaledObject", "keda-prometheus")
         scaled_routes = {r for t in prom["spec"]["triggers"] for r in re.findall(r'route="([^"]+)"', t["metadata"]["query"])}
         self.assertEqual(scaled_routes, {r["name"] for r in cfg["routes"]})
 
