@@ -9,7 +9,9 @@
 # 2. the handler SDK tests (Python unittest, Node's test runner) and the
 #    deploy cross-checks (compose, Prometheus and its alert rules, Grafana,
 #    the Kustomize overlays), with the checkers they need;
-# 3. the Rust tests: unit tests and the integration tests in tests/, which
+# 3. the shipped configs, run and driven with each broker's standard client
+#    as their comments say (tests/shipped_configs.py);
+# 4. the Rust tests: unit tests and the integration tests in tests/, which
 #    talk to the real brokers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,9 @@ fi
 
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
+# The standard clients that tests/shipped_configs.py tries the configs with.
+python3 -c 'import nats, aio_pika, confluent_kafka' 2>/dev/null \
+  || python3 -m pip install --quiet nats-py aio-pika confluent-kafka
 # moto's S3 server stores the log of the private Kafka broker (tansu) that
 # tests/reliability_kafka.rs kills and restarts.
 python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
@@ -46,6 +51,10 @@ echo "== handler SDKs (Node)"
 node --test tests/sdk/
 echo "== deploy cross-checks"
 python3 -m unittest tests/deploy_check.py
+
+echo "== shipped configs, with the standard clients"
+cargo build --locked --bin mqfn
+python3 -m unittest tests/shipped_configs.py
 
 echo "== Rust"
 cargo test --workspace --locked
