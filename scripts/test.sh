@@ -38,6 +38,9 @@ fi
 
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
+# The AsyncAPI parser that checks `mqfn asyncapi` (tests/validate.rs).
+[ -d tests/asyncapi/node_modules/@asyncapi/parser ] \
+  || npm ci --silent --no-audit --no-fund --prefix tests/asyncapi
 # The standard clients that tests/shipped_configs.py tries the configs with.
 python3 -c 'import nats, aio_pika, confluent_kafka' 2>/dev/null \
   || python3 -m pip install --quiet nats-py aio-pika confluent-kafka

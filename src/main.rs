@@ -72,6 +72,10 @@ async fn run(cli: Cli, path: PathBuf, mut cfg: Config) -> anyhow::Result<()> {
         Command::Call(args) => cli::call::run(&cfg, &args).await?,
         Command::Dlq(args) => cli::dlq::run(&cfg, &args).await?,
         Command::Status(args) => cli::status::run(&cfg, &args).await?,
+        Command::Asyncapi => {
+            let doc = cli::asyncapi::document(&cfg);
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
         Command::Completions { .. } | Command::Man { .. } => unreachable!("needs no config"),
     }
     Ok(())

@@ -451,3 +451,57 @@ fn man_pages_render() {
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.status.success() && text.contains("redrive"), "{text}");
 }
+
+/// `mqfn asyncapi` of every shipped config is a valid AsyncAPI 3.0 document
+/// to the official parser (tests/asyncapi, installed by scripts/test.sh),
+/// names every channel the routes use, and carries no credentials.
+#[test]
+fn asyncapi_documents_of_the_shipped_configs_are_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for name in ["nats", "kafka", "amqp", "compose", "memory", "examples"] {
+        let config = format!("{root}/config/{name}.toml");
+        let out = cli(&["asyncapi", "--config", &config]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            !text.contains("guest:guest"),
+            "{name}: credentials in the document"
+        );
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let cfg: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
+        let routes = cfg["routes"].as_array().unwrap();
+        let ops = doc["operations"].as_object().unwrap();
+        for r in routes {
+            let route = r["name"].as_str().unwrap();
+            assert!(
+                ops.contains_key(&format!("{route}-receive")),
+                "{name}: {route}"
+            );
+            assert_eq!(
+                ops.contains_key(&format!("{route}-dead-letter")),
+                r.get("dead_letter").is_some(),
+                "{name}: {route}"
+            );
+        }
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, &text).unwrap();
+        files.push(path);
+    }
+    let checked = std::process::Command::new("node")
+        .arg(format!("{root}/tests/asyncapi/validate.mjs"))
+        .args(&files)
+        .output()
+        .expect("node");
+    assert!(
+        checked.status.success(),
+        "the AsyncAPI parser refuses a document (scripts/test.sh installs it in tests/asyncapi):\n{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

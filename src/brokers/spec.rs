@@ -120,8 +120,36 @@ pub trait BrokerSpec: Debug + Send + Sync {
     /// Connects. With `wait` false the first connection may be made in the
     /// background (`run` reports not-ready meanwhile).
     async fn connect(&self, name: &str, wait: bool) -> Result<Arc<dyn Broker>, BrokerError>;
+    /// How other tools (AsyncAPI) see this broker: its protocol and the
+    /// addresses clients connect to, never its credentials.
+    fn describe(&self) -> Described;
     /// For the kind's own code to get its type back.
     fn as_any(&self) -> &dyn Any;
+}
+
+/// A broker as `mqfn asyncapi` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    /// The AsyncAPI protocol name (`nats`, `kafka`, `amqp`, `amqps`, ...).
+    pub protocol: String,
+    /// `host:port` of each server, without user or password.
+    pub hosts: Vec<String>,
+    /// The path part, where the protocol has one (an AMQP vhost).
+    pub pathname: Option<String>,
+}
+
+impl Described {
+    /// The hosts of comma-separated URLs, with the credentials cut off and
+    /// `default_port` where a URL names none.
+    pub fn hosts_of_urls(urls: &str, default_port: u16) -> Vec<String> {
+        urls.split(',')
+            .filter_map(|u| url::Url::parse(u.trim()).ok())
+            .filter_map(|u| {
+                let host = u.host_str()?.to_owned();
+                Some(format!("{host}:{}", u.port().unwrap_or(default_port)))
+            })
+            .collect()
+    }
 }
 
 /// A typed endpoint of one kind: where on the broker, and how.
@@ -142,6 +170,17 @@ pub trait EndpointSpec: Debug + Send + Sync + 'static {
     /// What a source of this shape promises (sources only).
     fn guarantee(&self) -> Guarantee {
         Guarantee::AtLeastOnce
+    }
+    /// The AsyncAPI channel address of this place: [`Self::address`]
+    /// unless the protocol's binding says otherwise (an AMQP routing key,
+    /// whose exchange is in the binding).
+    fn channel_address(&self) -> String {
+        self.address()
+    }
+    /// The AsyncAPI channel binding of this place, if the protocol has one
+    /// (an AMQP queue or exchange, a Kafka topic).
+    fn channel_binding(&self) -> Option<serde_json::Value> {
+        None
     }
     /// For the kind's own code to get its type back.
     fn as_any(&self) -> &dyn Any;

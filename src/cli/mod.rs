@@ -1,6 +1,8 @@
 //! The command line: `run`, `validate`, `publish`, `invoke`, `call`,
-//! `dlq`, `status`, `completions`, `man`. Each command is one module.
+//! `dlq`, `status`, `asyncapi`, `completions`, `man`. Each command is one
+//! module.
 
+pub mod asyncapi;
 pub mod call;
 pub mod dlq;
 mod error;
@@ -55,6 +57,9 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// Print the status of a running mqfn as a table.
     Status(status::StatusArgs),
+    /// Print an AsyncAPI 3.0 document (JSON) of the config: brokers,
+    /// channels and operations, without credentials.
+    Asyncapi,
     /// Print a shell completion script (needs no config).
     ///
     /// bash: `mqfn completions bash > ~/.local/share/bash-completion/completions/mqfn`;

@@ -41,6 +41,13 @@ impl BrokerSpec for Unresolved {
     async fn connect(&self, name: &str, _wait: bool) -> Result<Arc<dyn Broker>, BrokerError> {
         Err(Self::not_resolved(name))
     }
+    fn describe(&self) -> crate::brokers::Described {
+        crate::brokers::Described {
+            protocol: "unresolved".to_owned(),
+            hosts: Vec::new(),
+            pathname: None,
+        }
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::brokers::{
-    non_empty, typed, Broker, BrokerError, BrokerSpec, EndpointSpec, KeyError, Kind, Role,
-    TypedKind,
+    non_empty, typed, Broker, BrokerError, BrokerSpec, Described, EndpointSpec, KeyError, Kind,
+    Role, TypedKind,
 };
 use crate::config::checks;
 
@@ -208,6 +208,27 @@ impl BrokerSpec for AmqpConfig {
         ))
     }
 
+    fn describe(&self) -> Described {
+        let parsed = url::Url::parse(&self.url).ok();
+        let tls = parsed.as_ref().is_some_and(|u| u.scheme() == "amqps");
+        Described {
+            protocol: if tls { "amqps" } else { "amqp" }.to_owned(),
+            hosts: Described::hosts_of_urls(&self.url, if tls { 5671 } else { 5672 }),
+            // The vhost, decoded: `/%2f` is the default vhost `/`.
+            pathname: parsed.map(|u| {
+                let vhost = u.path().trim_start_matches('/');
+                let vhost = percent_encoding::percent_decode_str(vhost)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                if vhost.is_empty() {
+                    "/".to_owned()
+                } else {
+                    vhost
+                }
+            }),
+        }
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -220,6 +241,11 @@ impl EndpointSpec for AmqpSource {
     fn validate(&self) -> Vec<KeyError> {
         non_empty("queue", &self.queue)
     }
+    fn channel_binding(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "amqp": { "is": "queue", "queue": { "name": self.queue }, "bindingVersion": "0.3.0" }
+        }))
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -231,6 +257,21 @@ impl EndpointSpec for AmqpTarget {
             Some(x) => format!("{x}/{}", self.routing_key.as_deref().unwrap_or_default()),
             None => self.queue.clone().unwrap_or_default(),
         }
+    }
+    fn channel_address(&self) -> String {
+        match &self.exchange {
+            Some(_) => self.routing_key.clone().unwrap_or_default(),
+            None => self.address(),
+        }
+    }
+    fn channel_binding(&self) -> Option<serde_json::Value> {
+        let mut binding = match (&self.exchange, &self.queue) {
+            (Some(x), _) => serde_json::json!({ "is": "routingKey", "exchange": { "name": x } }),
+            // The default exchange, routed by the queue's name.
+            (None, q) => serde_json::json!({ "is": "queue", "queue": { "name": q } }),
+        };
+        binding["bindingVersion"] = "0.3.0".into();
+        Some(serde_json::json!({ "amqp": binding }))
     }
     fn validate(&self) -> Vec<KeyError> {
         let mut errors = Vec::new();

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::brokers::{
-    non_empty, typed, Broker, BrokerError, BrokerSpec, EndpointSpec, KeyError, Kind, Role,
-    TypedKind,
+    non_empty, typed, Broker, BrokerError, BrokerSpec, Described, EndpointSpec, KeyError, Kind,
+    Role, TypedKind,
 };
 use crate::config::checks;
 
@@ -155,6 +155,16 @@ pub(super) fn topic_of(ep: &crate::config::Endpoint) -> Option<(&str, Option<&To
     }
 }
 
+/// The AsyncAPI Kafka channel binding of a topic (with its partitions
+/// when mqfn creates it).
+fn topic_binding(topic: &str, create: Option<&TopicCreate>) -> serde_json::Value {
+    let mut b = serde_json::json!({ "topic": topic, "bindingVersion": "0.5.0" });
+    if let Some(c) = create {
+        b["partitions"] = c.partitions.into();
+    }
+    serde_json::json!({ "kafka": b })
+}
+
 #[async_trait]
 impl BrokerSpec for KafkaConfig {
     fn kind(&self) -> &'static str {
@@ -188,6 +198,23 @@ impl BrokerSpec for KafkaConfig {
         ))
     }
 
+    fn describe(&self) -> Described {
+        let secure = self
+            .properties
+            .get("security.protocol")
+            .is_some_and(|p| p.to_ascii_uppercase().contains("SSL"));
+        Described {
+            protocol: if secure { "kafka-secure" } else { "kafka" }.to_owned(),
+            hosts: self
+                .bootstrap
+                .split(',')
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            pathname: None,
+        }
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -219,6 +246,9 @@ fn topic_problems(topic: &str, create: Option<&TopicCreate>) -> Vec<KeyError> {
 }
 
 impl EndpointSpec for KafkaSource {
+    fn channel_binding(&self) -> Option<serde_json::Value> {
+        Some(topic_binding(&self.topic, self.create.as_ref()))
+    }
     fn address(&self) -> String {
         self.topic.clone()
     }
@@ -231,6 +261,9 @@ impl EndpointSpec for KafkaSource {
 }
 
 impl EndpointSpec for KafkaTarget {
+    fn channel_binding(&self) -> Option<serde_json::Value> {
+        Some(topic_binding(&self.topic, self.create.as_ref()))
+    }
     fn address(&self) -> String {
         self.topic.clone()
     }

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::brokers::{
-    non_empty, typed, Broker, BrokerError, BrokerSpec, EndpointSpec, KeyError, Kind, Role,
-    TypedKind,
+    non_empty, typed, Broker, BrokerError, BrokerSpec, Described, EndpointSpec, KeyError, Kind,
+    Role, TypedKind,
 };
 
 /// The registry entry, for [`crate::brokers::KINDS`].
@@ -48,6 +48,14 @@ impl BrokerSpec for MemoryConfig {
     async fn connect(&self, name: &str, _wait: bool) -> Result<Arc<dyn Broker>, BrokerError> {
         let hub = super::Hub::named(self.hub.as_deref().unwrap_or(name));
         Ok(Arc::new(super::MemoryBroker::new(name, hub)))
+    }
+
+    fn describe(&self) -> Described {
+        Described {
+            protocol: "mqfn-memory".to_owned(),
+            hosts: vec!["in-process".to_owned()],
+            pathname: None,
+        }
     }
 
     fn as_any(&self) -> &dyn Any {

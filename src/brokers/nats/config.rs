@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::brokers::{
-    non_empty, typed, Broker, BrokerError, BrokerSpec, EndpointSpec, Guarantee, KeyError, Kind,
-    Role, TypedKind,
+    non_empty, typed, Broker, BrokerError, BrokerSpec, Described, EndpointSpec, Guarantee,
+    KeyError, Kind, Role, TypedKind,
 };
 use crate::config::checks;
 
@@ -198,6 +198,14 @@ impl BrokerSpec for NatsConfig {
         Ok(Arc::new(
             super::NatsBroker::connect(name, self, wait).await?,
         ))
+    }
+
+    fn describe(&self) -> Described {
+        Described {
+            protocol: "nats".to_owned(),
+            hosts: Described::hosts_of_urls(&self.url, 4222),
+            pathname: None,
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
