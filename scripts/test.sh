@@ -10,7 +10,8 @@
 #    deploy cross-checks (compose, Prometheus and its alert rules, Grafana,
 #    the Kustomize overlays), with the checkers they need;
 # 3. the shipped configs, run and driven with each broker's standard client
-#    as their comments say (tests/shipped_configs.py);
+#    as their comments say (tests/shipped_configs.py), and the route tests
+#    of the example handlers (`mqfn test handlers/examples/tests/*.test.toml`);
 # 4. the Rust tests: unit tests and the integration tests in tests/, which
 #    talk to the real brokers.
 set -euo pipefail
@@ -58,6 +59,11 @@ python3 -m unittest tests/deploy_check.py
 echo "== shipped configs, with the standard clients"
 cargo build --locked --bin mqfn
 python3 -m unittest tests/shipped_configs.py
+
+echo "== route tests of the example handlers (mqfn test)"
+for cases in handlers/examples/tests/*.test.toml; do
+  target/debug/mqfn test "$cases"
+done
 
 echo "== Rust"
 cargo test --workspace --locked

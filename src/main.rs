@@ -19,9 +19,15 @@ fn main() -> ExitCode {
     // answer and stay quiet unless something is wrong.
     let level = match cli.command {
         Command::Run { .. } => "info",
+        // Dead letters and crashes are what the cases test: the report
+        // says what happened.
+        Command::Test(_) => "error",
         _ => "warn",
     };
     mqfn::telemetry::init_logs(&cli.log_format, level);
+    if let Command::Test(args) = &cli.command {
+        return route_tests(cli.config.as_deref(), args);
+    }
     if !cli.command.needs_config() {
         return generate(&cli.command);
     }
@@ -76,9 +82,29 @@ async fn run(cli: Cli, path: PathBuf, mut cfg: Config) -> anyhow::Result<()> {
             let doc = cli::asyncapi::document(&cfg);
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
-        Command::Completions { .. } | Command::Man { .. } => unreachable!("needs no config"),
+        Command::Completions { .. } | Command::Man { .. } | Command::Test(_) => {
+            unreachable!("run before the config is loaded")
+        }
     }
     Ok(())
+}
+
+/// `mqfn test`: the config is the one the test file names.
+fn route_tests(config: Option<&std::path::Path>, args: &cli::route_test::TestArgs) -> ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| cli::CliError::Failed(format!("cannot start the async runtime: {e}")))
+        .and_then(|rt| rt.block_on(cli::route_test::run(config, args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("error: {line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `completions` and `man`, which print what clap knows and read no config.

@@ -48,14 +48,26 @@ def free_port():
 
 
 def comment_commands(config):
-    """The `mqfn ...` lines of a config's header comment, as written."""
-    out = []
+    """The `mqfn ...` commands of a config's header comment, as written; a
+    quoted argument may go on over the next comment lines."""
+    out, open_cmd = [], None
     for line in config.read_text().splitlines():
         if not line.startswith("#"):
             break
         text = line.lstrip("#").strip()
-        if text.startswith("mqfn "):
-            out.append(text)
+        if open_cmd is not None:
+            open_cmd += "\n" + text
+        elif text.startswith("mqfn "):
+            open_cmd = text
+        else:
+            continue
+        try:
+            shlex.split(open_cmd, comments=True)
+        except ValueError:  # an unclosed quote: the command goes on
+            continue
+        out.append(open_cmd)
+        open_cmd = None
+    assert open_cmd is None, f"{config.name}: unterminated command in the comment: {open_cmd}"
     return out
 
 
@@ -253,6 +265,33 @@ class ShippedConfigTest(unittest.TestCase):
             elif want(m):
                 return m
         self.fail(f"no {what}")
+
+    # ------------------------------------------------------------ memory
+
+    def test_memory(self):
+        """config/memory.toml needs no broker: `mqfn invoke` runs the route in
+        its own process. The comment's commands print the results it names."""
+        config = ROOT / "config" / "memory.toml"
+        commands = comment_commands(config)
+        self.assertGreaterEqual(len(commands), 3)
+        self.assertIn("\n", commands[0], "the CSV example spans two comment lines")
+        self.assertEqual(self.run_comment_commands_allowing(config, failing={"not json"}), 3)
+
+    def run_comment_commands_allowing(self, config, failing):
+        """As run_comment_commands, but a command whose text contains one of
+        `failing` must fail (the comment says it is dead-lettered)."""
+        env = {**os.environ, "PATH": f"{BIN.parent}:{os.environ['PATH']}", "RUST_LOG": "warn"}
+        ran = 0
+        for line in comment_commands(config):
+            out = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=LONG)
+            if any(f in line for f in failing):
+                self.assertNotEqual(out.returncode, 0, f"`{line}` should report the dead letter")
+                self.assertIn("dead-lettered", out.stderr, line)
+            else:
+                self.assertEqual(out.returncode, 0, f"`{line}` failed:\n{out.stdout}{out.stderr}")
+            ran += 1
+        return ran
 
     # ------------------------------------------------------------ examples
 

@@ -505,3 +505,53 @@ fn asyncapi_documents_of_the_shipped_configs_are_valid() {
         String::from_utf8_lossy(&checked.stderr)
     );
 }
+
+/// `mqfn test`: the shipped cases pass, and a case that does not match
+/// fails the command with a diff naming the case and the difference.
+#[test]
+fn mqfn_test_passes_the_shipped_cases_and_diffs_a_mismatch() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let shipped = cli(&[
+        "test",
+        &format!("{root}/handlers/examples/tests/memory.test.toml"),
+    ]);
+    let report = String::from_utf8_lossy(&shipped.stdout);
+    assert!(
+        shipped.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&shipped.stderr)
+    );
+    assert!(report.contains("4 passed, 0 failed"), "{report}");
+
+    let (_dir, path) = write_config(&format!(
+        r#"
+config = "{root}/config/memory.toml"
+
+[[case]]
+name = "wrong expectation"
+route = "tag"
+json = {{ id = 7 }}
+expect.outputs = [{{ json = {{ id = 7, tagged = false }} }}]
+
+[[case]]
+name = "right one"
+route = "tag"
+json = {{ id = 8 }}
+expect.outputs = [{{ json = {{ id = 8, tagged = true }} }}]
+"#
+    ));
+    let out = cli(&["test", path.to_str().unwrap()]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a mismatch must fail: {report}");
+    assert!(report.contains("FAIL  tag: wrong expectation"), "{report}");
+    assert!(
+        report.contains(r#"- expected {"id":7,"tagged":false}"#),
+        "{report}"
+    );
+    assert!(
+        report.contains(r#"+ got      {"id":7,"tagged":true}"#),
+        "{report}"
+    );
+    assert!(report.contains("ok    tag: right one"), "{report}");
+    assert!(report.contains("1 passed, 1 failed"), "{report}");
+}

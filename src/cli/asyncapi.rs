@@ -19,7 +19,7 @@ const DEAD_LETTER_HEADERS: &[(&str, &str)] = &[
     ("mqfn-error", "The last error, on one line."),
     (
         "mqfn-error-class",
-        "permanent, retryable (out of attempts), timeout or crash.",
+        "permanent, retryable (out of attempts; a timeout is one) or crashed.",
     ),
     (
         "mqfn-attempts",

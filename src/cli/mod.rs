@@ -1,6 +1,6 @@
 //! The command line: `run`, `validate`, `publish`, `invoke`, `call`,
-//! `dlq`, `status`, `asyncapi`, `completions`, `man`. Each command is one
-//! module.
+//! `dlq`, `status`, `test`, `asyncapi`, `completions`, `man`. Each command
+//! is one module.
 
 pub mod asyncapi;
 pub mod call;
@@ -9,6 +9,7 @@ mod error;
 pub mod generate;
 pub mod invoke;
 pub mod publish;
+pub mod route_test;
 pub mod status;
 
 use std::io::Read;
@@ -57,6 +58,10 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// Print the status of a running mqfn as a table.
     Status(status::StatusArgs),
+    /// Run route test cases from a file through the real pipeline on the
+    /// in-process memory broker, with no external broker; exit 1 on a
+    /// mismatch, with a diff.
+    Test(route_test::TestArgs),
     /// Print an AsyncAPI 3.0 document (JSON) of the config: brokers,
     /// channels and operations, without credentials.
     Asyncapi,
@@ -79,9 +84,13 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether the command reads the config (the generators do not).
+    /// Whether the command reads the config before it runs (the
+    /// generators need none; `test` reads the one its file names).
     pub fn needs_config(&self) -> bool {
-        !matches!(self, Self::Completions { .. } | Self::Man { .. })
+        !matches!(
+            self,
+            Self::Completions { .. } | Self::Man { .. } | Self::Test(_)
+        )
     }
 }
 
