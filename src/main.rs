@@ -67,11 +67,11 @@ async fn run(cli: Cli, path: PathBuf, mut cfg: Config) -> anyhow::Result<()> {
                 cfg.routes.len()
             );
         }
-        Command::Run { admin } => {
+        Command::Run { admin, watch } => {
             if let Some(a) = admin {
                 cfg.admin.listen = a;
             }
-            mqfn::app::run(cfg, shutdown_signal()).await?;
+            mqfn::app::run_reloading(cfg, &path, watch, shutdown_signal()).await?;
         }
         Command::Publish(args) => cli::publish::run(&cfg, &args).await?,
         Command::Invoke(args) => cli::invoke::run(&cfg, &args).await?,

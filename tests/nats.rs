@@ -688,3 +688,148 @@ output = {{ broker = "js", subject = "{p}.out" }}
     let got = collect(&js, &s, &format!("{p}.out"), 1, LONG).await;
     assert_eq!(got.total, 1);
 }
+
+/// The config of the reload tests: `main` (`p.in` → `p.out`) with
+/// `workers.max = max`, and the routes in `extra` (each `name` reads
+/// `p.name.in` and writes `p.name.out`).
+fn reload_config(p: &str, s: &str, max: u32, extra: &[&str]) -> String {
+    let mut text = format!(
+        r#"
+[brokers.js]
+kind = "nats"
+url = "{url}"
+
+[[routes]]
+name = "main"
+source = {{ broker = "js", subject = "{p}.in", stream = "{s}", durable = "{p}-main" }}
+handler = "echo"
+output = {{ broker = "js", subject = "{p}.out" }}
+dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
+workers = {{ min = 1, max = {max} }}
+"#,
+        url = nats_url()
+    );
+    for name in extra {
+        text.push_str(&format!(
+            r#"
+[[routes]]
+name = "{name}"
+source = {{ broker = "js", subject = "{p}.{name}.in", stream = "{s}", durable = "{p}-{name}" }}
+handler = "echo"
+output = {{ broker = "js", subject = "{p}.{name}.out" }}
+dead_letter = {{ broker = "js", subject = "{p}.dlq" }}
+"#
+        ));
+    }
+    text
+}
+
+fn route_names(status: &serde_json::Value) -> Vec<String> {
+    status["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .map(|r| r["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+/// SIGHUP reloads the config on a real JetStream while messages flow: the
+/// changed route drains and restarts and none of its 2,000 messages is lost
+/// or doubled, a new route starts, a removed one stops consuming, and an
+/// invalid config is refused while the running one goes on.
+#[tokio::test]
+async fn sighup_reloads_the_config_and_loses_no_message() {
+    let (p, s, js) = common::js_stream("reload").await;
+    let m = Mqfn::start(&reload_config(&p, &s, 2, &["gone"]));
+    m.wait_ready(LONG).await;
+    let publisher = {
+        let (js, p) = (js.clone(), p.clone());
+        tokio::spawn(async move {
+            for i in 0..2000 {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("id", i.to_string().as_str());
+                js.publish_with_headers(format!("{p}.in"), h, format!("m{i}").into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("stored");
+            }
+        })
+    };
+    // Reload while the route is busy.
+    eventually(LONG, "the first results", || async {
+        let st = m.status().await;
+        (st["routes"][0]["received"].as_u64().unwrap_or(0) >= 100).then_some(())
+    })
+    .await;
+    m.rewrite_config(&reload_config(&p, &s, 4, &["second"]));
+    m.signal("HUP");
+    eventually(LONG, "the reload", || async {
+        m.log_text().contains("Config reloaded.").then_some(())
+    })
+    .await;
+    let st = m.status().await;
+    assert_eq!(route_names(&st), ["main", "second"]);
+    assert_eq!(st["routes"][0]["workers"]["max"], 4, "the new config");
+    publisher.await.expect("published");
+    let got = collect(&js, &s, &format!("{p}.out"), 2000, LONG).await;
+    assert_eq!(got.by_id.len(), 2000, "no message lost across the reload");
+    assert_eq!(got.duplicates(), 0, "none doubled");
+    // The new route works; the removed one no longer consumes.
+    js.publish(format!("{p}.gone.in"), "late".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    js.publish(format!("{p}.second.in"), "hi".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let second = collect(&js, &s, &format!("{p}.second.out"), 1, LONG).await;
+    assert_eq!(second.total, 1);
+    let stream = js.get_stream(&s).await.unwrap();
+    let mut gone: consumer::PullConsumer = stream.get_consumer(&format!("{p}-gone")).await.unwrap();
+    let info = gone.info().await.unwrap();
+    assert_eq!(info.num_pending, 1, "the stopped route left it for later");
+    assert_eq!(info.num_ack_pending, 0);
+
+    // An invalid config is refused and the running one goes on.
+    m.rewrite_config("this is [not toml");
+    m.signal("HUP");
+    eventually(LONG, "the refusal", || async {
+        m.log_text().contains("Config reload refused").then_some(())
+    })
+    .await;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("id", "after");
+    js.publish_with_headers(format!("{p}.in"), h, "after".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = collect(&js, &s, &format!("{p}.out"), 2001, LONG).await;
+    assert!(got.by_id.contains_key("after"), "the old config still runs");
+    assert_eq!(route_names(&m.status().await), ["main", "second"]);
+}
+
+/// With `--watch`, saving the file is enough: a route added to it starts.
+#[tokio::test]
+async fn watch_reloads_when_the_file_changes() {
+    let (p, s, js) = common::js_stream("watch").await;
+    let m = Mqfn::start_with(&reload_config(&p, &s, 2, &[]), &["--watch"]);
+    m.wait_ready(LONG).await;
+    m.rewrite_config(&reload_config(&p, &s, 2, &["added"]));
+    eventually(LONG, "the added route", || async {
+        (route_names(&m.status().await) == ["main", "added"]).then_some(())
+    })
+    .await;
+    js.publish(format!("{p}.added.in"), "hi".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = collect(&js, &s, &format!("{p}.added.out"), 1, LONG).await;
+    assert_eq!(got.total, 1);
+    assert!(m.log_text().contains("The config file changed"));
+}

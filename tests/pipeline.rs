@@ -99,7 +99,7 @@ impl Bed {
         script(&hub);
         let app = App::start(&cfg).await.expect("the app starts");
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = app.state.clone();
+        let state = app.state();
         let metrics = app.metrics.clone();
         let done = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
@@ -626,6 +626,85 @@ async fn a_panicking_route_task_is_reported_and_restarted() {
         bed.send("x");
         assert_eq!(payloads(&bed.take("out", 1).await), ["x"]);
         bed.stop().await;
+    })
+    .await;
+}
+
+/// A config reload: the unchanged route keeps running untouched (the same
+/// handle, its figures going on), the changed one drains and restarts, the
+/// removed one drains and stops, the new one starts, and no message of the
+/// routes that go on is lost or doubled.
+#[tokio::test(start_paused = true)]
+async fn a_reload_keeps_restarts_stops_and_starts_routes_and_loses_nothing() {
+    within(async {
+        let hub_name = unique("hub");
+        let hub = Hub::named(&hub_name);
+        let config = |routes: &[(&str, &str)]| {
+            let mut text = format!(
+                "shutdown_timeout = \"10s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[brokers.mem]\nkind = \"memory\"\nhub = \"{hub_name}\"\n"
+            );
+            for (name, workers) in routes {
+                text.push_str(&format!(
+                    "[[routes]]\nname = \"{name}\"\nsource = {{ broker = \"mem\", queue = \"{name}.in\" }}\nhandler = \"echo\"\noutput = {{ broker = \"mem\", queue = \"{name}.out\" }}\ndead_letter = {{ broker = \"mem\", queue = \"{name}.dlq\" }}\nworkers = {workers}\n"
+                ));
+            }
+            Config::from_str(&text, std::path::Path::new("reload.toml"))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"))
+        };
+        let small = "{ min = 1, max = 2 }";
+        let v1 = config(&[("keep", small), ("change", small), ("gone", small)]);
+        let v2 = config(&[("keep", small), ("change", "{ min = 1, max = 4 }"), ("new", small)]);
+        let mut app = App::start(&v1).await.expect("the app starts");
+        let send = |queue: &str, from: usize, to: usize| {
+            for i in from..to {
+                hub.queue(queue).send(format!("{queue}-{i}"));
+            }
+        };
+        send("keep.in", 0, 50);
+        send("change.in", 0, 50);
+        send("gone.in", 0, 20);
+        hub.queue("keep.out").wait_len(10).await;
+        let kept_before = app.state().routes[0].clone();
+        let received_before = kept_before.route.meters.counts().received;
+
+        let done = app.reload(&v2).await.expect("reloaded");
+        assert_eq!(done.kept, ["keep"]);
+        assert_eq!(done.restarted, ["change"]);
+        assert_eq!(done.stopped, ["gone"]);
+        assert_eq!(done.started, ["new"]);
+        let state = app.state();
+        let names: Vec<_> = state.routes.iter().map(|h| h.cfg.name.clone()).collect();
+        assert_eq!(names, ["keep", "change", "new"], "config order");
+        assert!(
+            Arc::ptr_eq(&state.routes[0], &kept_before),
+            "the unchanged route runs on, untouched"
+        );
+        assert_eq!(state.routes[1].cfg.workers.max, 4, "the new config");
+
+        send("keep.in", 50, 100);
+        send("change.in", 50, 100);
+        send("new.in", 0, 30);
+        send("gone.in", 20, 25);
+        for (queue, n) in [("keep.out", 100), ("change.out", 100), ("new.out", 30)] {
+            hub.queue(queue).wait_len(n).await;
+            let mut got = payloads(&hub.queue(queue).drain());
+            got.sort();
+            got.dedup();
+            assert_eq!(got.len(), n, "{queue}: each input once");
+        }
+        for q in ["keep.in", "change.in", "new.in"] {
+            hub.queue(q).wait_settled().await;
+        }
+        assert!(
+            state.routes[0].route.meters.counts().received >= received_before + 50,
+            "the kept route's figures go on"
+        );
+        // The stopped route consumes nothing more: what came after it
+        // stopped is still there (it had drained before reload returned).
+        let gone = hub.queue("gone.in");
+        assert!(gone.len() >= 5, "{} left on gone.in", gone.len());
+        assert_eq!(gone.inflight(), 0, "nothing held by a stopped route");
+        app.run_until(async {}).await;
     })
     .await;
 }

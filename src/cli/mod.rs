@@ -41,10 +41,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run every route until SIGINT or SIGTERM, then drain and exit 0.
+    /// SIGHUP reloads the config: unchanged routes keep running, changed
+    /// ones drain and restart, removed ones drain and stop, new ones start;
+    /// an invalid config is refused and the running one stays.
     Run {
         /// Admin listen address (overrides `[admin] listen`).
         #[arg(long)]
         admin: Option<String>,
+        /// Also reload whenever the config file's contents change.
+        #[arg(long)]
+        watch: bool,
     },
     /// Check the config and exit 0 when it is good.
     Validate,

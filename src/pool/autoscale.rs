@@ -46,7 +46,7 @@ pub async fn run(h: Arc<RouteHandle>, shutdown: CancellationToken) {
     let mut unprobed = 0;
     loop {
         let woken = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(w.scale_interval) => false,
             _ = route.wake.notified() => true,
         };
@@ -91,5 +91,10 @@ pub async fn run(h: Arc<RouteHandle>, shutdown: CancellationToken) {
         busy_gauge.set(busy as f64);
         idle_gauge.set(route.pool.size().saturating_sub(busy) as f64);
         oldest_gauge.set(route.stats.oldest_age_secs());
+    }
+    // The route stops (shutdown, or a reload that removed or changed it):
+    // the handler's instances no longer wait for it to scale to zero.
+    if let Some(i) = &route.instances {
+        i.detach(parked);
     }
 }

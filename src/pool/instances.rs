@@ -57,6 +57,9 @@ pub trait Instances: Send + Sync {
     fn counts(&self) -> InstanceCounts;
     /// Registers one more route that uses the handler.
     fn attach(&self);
+    /// A route that used the handler stopped (a config reload removed or
+    /// changed it); `parked` is whether it was at zero.
+    fn detach(&self, parked: bool);
     /// A route scaled to zero (`true`) or woke up (`false`). While every
     /// attached route is at zero, idle instances are stopped at once.
     fn park(&self, parked: bool);
@@ -256,6 +259,16 @@ impl<S: Spawn> Instances for InstancePool<S> {
 
     fn attach(&self) {
         self.stats.routes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn detach(&self, parked: bool) {
+        if parked {
+            self.park(false);
+        }
+        let _ = self
+            .stats
+            .routes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1));
     }
 
     fn park(&self, parked: bool) {

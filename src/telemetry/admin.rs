@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -15,14 +16,15 @@ use crate::state::AppState;
 
 #[derive(Clone)]
 struct Shared {
-    app: Arc<AppState>,
+    /// The current state: a config reload swaps it.
+    app: Arc<ArcSwap<AppState>>,
     metrics: PrometheusHandle,
 }
 
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    app: Arc<AppState>,
+    app: Arc<ArcSwap<AppState>>,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) {
@@ -48,7 +50,7 @@ async fn metrics_page(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    match s.app.readiness() {
+    match s.app.load().readiness() {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(down) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -58,5 +60,5 @@ async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 async fn status(State(s): State<Shared>) -> impl IntoResponse {
-    Json(super::status::snapshot(&s.app))
+    Json(super::status::snapshot(&s.app.load()))
 }

@@ -66,6 +66,8 @@ pub fn cli(args: &[&str]) -> Output {
 /// A running `mqfn run`.
 pub struct Mqfn {
     child: Option<Child>,
+    /// Extra arguments of `mqfn run`.
+    args: Vec<String>,
     /// `127.0.0.1:PORT` of the admin listener.
     pub admin: String,
     /// Where its log goes.
@@ -78,11 +80,17 @@ pub struct Mqfn {
 impl Mqfn {
     /// Starts `mqfn run` with this config text.
     pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// Starts `mqfn run ARGS` with this config text.
+    pub fn start_with(config: &str, args: &[&str]) -> Self {
         let (dir, path) = write_config(config);
         let admin = format!("127.0.0.1:{}", free_port());
         let log = dir.path().join("mqfn.log");
         let mut m = Self {
             child: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             admin,
             log,
             _dir: dir,
@@ -103,6 +111,7 @@ impl Mqfn {
             .args(["run", "--config"])
             .arg(&self.config)
             .args(["--admin", &self.admin])
+            .args(&self.args)
             .env(
                 "RUST_LOG",
                 std::env::var("MQFN_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -210,6 +219,14 @@ impl Mqfn {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Replaces the config file's contents at once (a new file renamed
+    /// over the old), as editors save: a reader never sees half of it.
+    pub fn rewrite_config(&self, text: &str) {
+        let tmp = self.config.with_extension("toml.new");
+        std::fs::write(&tmp, text).expect("write the new config");
+        std::fs::rename(&tmp, &self.config).expect("replace the config");
     }
 
     /// The log so far.
