@@ -39,6 +39,7 @@ fi
 
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
+command -v check-jsonschema >/dev/null || python3 -m pip install --quiet check-jsonschema
 # The AsyncAPI parser that checks `mqfn asyncapi` (tests/validate.rs).
 [ -d tests/asyncapi/node_modules/@asyncapi/parser ] \
   || npm ci --silent --no-audit --no-fund --prefix tests/asyncapi

@@ -82,7 +82,7 @@ async fn run(cli: Cli, path: PathBuf, mut cfg: Config) -> anyhow::Result<()> {
             let doc = cli::asyncapi::document(&cfg);
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
-        Command::Completions { .. } | Command::Man { .. } | Command::Test(_) => {
+        Command::Completions { .. } | Command::Man { .. } | Command::Schema | Command::Test(_) => {
             unreachable!("run before the config is loaded")
         }
     }
@@ -116,6 +116,15 @@ fn generate(command: &Command) -> ExitCode {
             Ok(())
         }
         Command::Man { dir } => cli::generate::man(dir.as_deref(), &mut out),
+        Command::Schema => {
+            let doc = mqfn::config::schema::document();
+            serde_json::to_writer_pretty(&mut out, &doc)
+                .map_err(|e| cli::CliError::Failed(format!("cannot write the schema: {e}")))
+                .and_then(|()| {
+                    use std::io::Write;
+                    writeln!(out).map_err(|e| cli::CliError::io("cannot write the schema", e))
+                })
+        }
         _ => unreachable!("reads the config"),
     };
     match result {

@@ -555,3 +555,66 @@ expect.outputs = [{{ json = {{ id = 8, tagged = true }} }}]
     assert!(report.contains("ok    tag: right one"), "{report}");
     assert!(report.contains("1 passed, 1 failed"), "{report}");
 }
+
+/// `mqfn schema`: docs/config.schema.json is what it prints now, it is a
+/// valid JSON Schema, every shipped config passes it, and what `mqfn
+/// validate` refuses for shape (an unknown key, a bad duration) it refuses
+/// too. Checked with check-jsonschema (scripts/test.sh installs it).
+#[test]
+fn the_config_schema_is_current_and_fits_the_configs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let empty = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .arg("schema")
+        .current_dir(empty.path())
+        .env_remove("MQFN_CONFIG")
+        .output()
+        .expect("run mqfn");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shipped = std::fs::read(format!("{root}/docs/config.schema.json")).unwrap();
+    assert!(
+        out.stdout == shipped,
+        "docs/config.schema.json is stale: run `mqfn schema > docs/config.schema.json`"
+    );
+    let check = |args: &[&str]| {
+        std::process::Command::new("check-jsonschema")
+            .args(args)
+            .output()
+            .expect("check-jsonschema (pip install check-jsonschema; scripts/test.sh does)")
+    };
+    let schema = format!("{root}/docs/config.schema.json");
+    let meta = check(&["--check-metaschema", &schema]);
+    assert!(
+        meta.status.success(),
+        "{}",
+        String::from_utf8_lossy(&meta.stdout)
+    );
+    let mut configs: Vec<String> = std::fs::read_dir(format!("{root}/config"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".toml"))
+        .collect();
+    configs.sort();
+    let mut args = vec!["--schemafile", schema.as_str()];
+    args.extend(configs.iter().map(String::as_str));
+    let ok = check(&args);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+
+    let (_dir, bad) = write_config(&format!(
+        "{}\n[[routes]]\nname = \"r\"\nsource = {{ broker = \"js\", subject = \"in\", nope = 1 }}\nhandler = \"echo\"\ntimeout = \"soon\"\n",
+        GOOD.split("[[routes]]").next().unwrap()
+    ));
+    let refused = check(&["--schemafile", &schema, bad.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success(), "{text}");
+    assert!(text.contains("'nope' was unexpected"), "{text}");
+    assert!(text.contains("$.routes[0].timeout"), "{text}");
+}

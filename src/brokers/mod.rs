@@ -24,8 +24,8 @@ use futures::stream::BoxStream;
 
 pub use settle::{Delivery, NoSettle, Settle};
 pub use spec::{
-    kind, kind_names, non_empty, typed, BrokerSpec, Described, EndpointSpec, Guarantee, KeyError,
-    Kind, Role, TypedKind,
+    kind, kind_names, non_empty, typed, BrokerSpec, Described, EndpointSpec, Endpoints, Guarantee,
+    KeyError, Kind, KindSchemas, Role, TypedKind,
 };
 
 use crate::config::{BrokerConfig, Endpoint, RouteConfig};

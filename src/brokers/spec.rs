@@ -69,6 +69,27 @@ pub trait Kind: Sync {
     fn name(&self) -> &'static str;
     /// Parses the broker's keys (all but `kind`) into its typed config.
     fn config(&self, keys: toml::Table) -> Result<Arc<dyn BrokerSpec>, KeyError>;
+    /// JSON Schemas of its broker table (without `kind`) and of its source
+    /// and target endpoints (without `broker`), for `mqfn schema`.
+    fn schemas(&self, generator: &mut schemars::SchemaGenerator) -> KindSchemas;
+}
+
+/// What [`Kind::schemas`] returns.
+pub struct KindSchemas {
+    /// The broker table's keys.
+    pub broker: schemars::Schema,
+    /// A source endpoint's keys.
+    pub source: schemars::Schema,
+    /// A target endpoint's keys.
+    pub target: schemars::Schema,
+}
+
+/// The endpoint types of a kind's typed config, for its schemas.
+pub trait Endpoints {
+    /// A source's keys.
+    type Source: schemars::JsonSchema;
+    /// A target's keys (outputs, dead letters).
+    type Target: schemars::JsonSchema;
 }
 
 /// The usual [`Kind`]: one whose broker table deserializes into the typed
@@ -88,12 +109,22 @@ impl<C> TypedKind<C> {
     }
 }
 
-impl<C: DeserializeOwned + BrokerSpec + 'static> Kind for TypedKind<C> {
+impl<C> Kind for TypedKind<C>
+where
+    C: DeserializeOwned + BrokerSpec + schemars::JsonSchema + Endpoints + 'static,
+{
     fn name(&self) -> &'static str {
         self.name
     }
     fn config(&self, keys: toml::Table) -> Result<Arc<dyn BrokerSpec>, KeyError> {
         Ok(Arc::new(typed::<C>(keys)?))
+    }
+    fn schemas(&self, generator: &mut schemars::SchemaGenerator) -> KindSchemas {
+        KindSchemas {
+            broker: generator.root_schema_for::<C>(),
+            source: generator.root_schema_for::<C::Source>(),
+            target: generator.root_schema_for::<C::Target>(),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The command line: `run`, `validate`, `publish`, `invoke`, `call`,
-//! `dlq`, `status`, `test`, `asyncapi`, `completions`, `man`. Each command
-//! is one module.
+//! `dlq`, `status`, `test`, `asyncapi`, `schema`, `completions`, `man`.
+//! Each command is one module.
 
 pub mod asyncapi;
 pub mod call;
@@ -71,6 +71,9 @@ pub enum Command {
     /// Print an AsyncAPI 3.0 document (JSON) of the config: brokers,
     /// channels and operations, without credentials.
     Asyncapi,
+    /// Print a JSON Schema of the config file, for editors and CI checks
+    /// (needs no config).
+    Schema,
     /// Print a shell completion script (needs no config).
     ///
     /// bash: `mqfn completions bash > ~/.local/share/bash-completion/completions/mqfn`;
@@ -95,7 +98,7 @@ impl Command {
     pub fn needs_config(&self) -> bool {
         !matches!(
             self,
-            Self::Completions { .. } | Self::Man { .. } | Self::Test(_)
+            Self::Completions { .. } | Self::Man { .. } | Self::Schema | Self::Test(_)
         )
     }
 }

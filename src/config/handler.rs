@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// A named handler, tagged by `kind`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum HandlerConfig {
     /// Rust code compiled into mqfn (`handlers/`).
@@ -28,15 +28,17 @@ impl HandlerConfig {
 }
 
 /// A configured built-in handler.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuiltinConfig {
     /// Which built-in: `echo`, `fail` or `json-transform`.
     pub builtin: String,
     /// The built-in's own options.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub options: toml::Table,
     /// Time limit per invocation; the route's `timeout` wins when set.
+    #[schemars(with = "Option<crate::config::schema::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
 }
@@ -47,7 +49,7 @@ pub const DEFAULT_PROCESS_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ
 
 /// A process handler: instances are spawned processes that read requests
 /// on stdin and write responses on stdout (see `docs/handlers.md`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessConfig {
     /// The program and its first arguments, e.g. `["python3", "h.py"]`.
@@ -68,6 +70,7 @@ pub struct ProcessConfig {
     pub cwd: Option<PathBuf>,
     /// Time limit per invocation; the route's `timeout` wins when set. On
     /// expiry the process is killed, replaced, and the message retried.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_handler_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Most processes at once (each runs one request at a time). Workers
@@ -76,13 +79,14 @@ pub struct ProcessConfig {
     pub max_instances: usize,
     /// An instance idle for this long is stopped (a later message pays a
     /// cold start).
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
 }
 
 /// An HTTP handler: each message is POSTed to `url` in CloudEvents binary
 /// mode; a 2xx body is the result.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// The endpoint (`http://` or `https://`).
@@ -96,6 +100,7 @@ pub struct HttpConfig {
     pub ce_type: String,
     /// Time limit per request; the route's `timeout` wins when set. A
     /// timeout is retried.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_handler_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Most requests in flight at once; each in-flight slot counts as one
@@ -103,6 +108,7 @@ pub struct HttpConfig {
     #[serde(default = "default_max_instances")]
     pub max_instances: usize,
     /// An idle slot (and its keep-alive connection) is closed after this.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
 }

@@ -15,6 +15,7 @@ mod error;
 mod handler;
 mod resolve;
 mod route;
+pub mod schema;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -33,7 +34,7 @@ pub use route::{Endpoint, Filter, Ordering, RetryConfig, RouteConfig, WorkersCon
 pub const DEFAULT_PATHS: &[&str] = &["mqfn.toml", "config/mqfn.toml"];
 
 /// A whole mqfn configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/status`).
@@ -41,6 +42,7 @@ pub struct Config {
     pub admin: AdminConfig,
     /// How long a shutdown may take to finish in-flight work before it is
     /// cut short (the unfinished messages are redelivered by the broker).
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Threads that run mqfn's own work (the async runtime's workers).
@@ -50,6 +52,7 @@ pub struct Config {
     pub worker_threads: Option<NonZeroUsize>,
     /// Named broker connections.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, schema::BrokerTable>")]
     pub brokers: BTreeMap<String, BrokerConfig>,
     /// Named handlers. The built-ins (`echo`, `fail`, `json-transform`) exist
     /// without a declaration.
@@ -64,7 +67,7 @@ pub struct Config {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Listen address. Loopback by default so that metrics and status are

@@ -9,23 +9,26 @@ use super::BrokerConfig;
 use crate::brokers::{EndpointSpec, KeyError, Role};
 
 /// A route: one source, one handler, and where results and failures go.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique name; used in metrics labels, logs and default durable names.
     pub name: String,
     /// Where messages come from.
+    #[schemars(with = "super::schema::EndpointTable")]
     pub source: Endpoint,
     /// The handler's name (declared under `[handlers]`, or a built-in).
     pub handler: String,
     /// Where results go. Without it, results go to the message's reply
     /// address when it has one, and are dropped otherwise.
     #[serde(default)]
+    #[schemars(with = "Option<super::schema::EndpointTable>")]
     pub output: Option<Endpoint>,
     /// Where messages that failed for good go, with `mqfn-*` headers.
     /// Required for at-least-once sources: without it a failed message
     /// would have nowhere to go but away.
     #[serde(default)]
+    #[schemars(with = "Option<super::schema::EndpointTable>")]
     pub dead_letter: Option<Endpoint>,
     /// The worker pool bounds and autoscaling knobs.
     #[serde(default)]
@@ -37,6 +40,7 @@ pub struct RouteConfig {
     #[serde(default)]
     pub ordering: Ordering,
     /// Time limit per invocation; overrides the handler's own.
+    #[schemars(with = "Option<crate::config::schema::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
     /// Only messages that match are handled; others are acknowledged and
@@ -141,7 +145,7 @@ impl<'de> Deserialize<'de> for Endpoint {
 }
 
 /// Worker pool bounds and autoscaling.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkersConfig {
     /// Fewest workers; 0 lets the route scale to zero when idle.
@@ -154,12 +158,15 @@ pub struct WorkersConfig {
     #[serde(default = "default_target_backlog")]
     pub target_backlog: u64,
     /// How often the autoscaler looks at the backlog.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_scale_interval", with = "humantime_serde")]
     pub scale_interval: Duration,
     /// The wait between two scale-down steps.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_cooldown", with = "humantime_serde")]
     pub cooldown: Duration,
     /// How long the backlog must stay at zero before scaling to zero.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
 }
@@ -197,16 +204,18 @@ fn default_idle_timeout() -> Duration {
 }
 
 /// In-process retries: exponential backoff with full jitter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Attempts in all, the first included, before the dead letter.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// The backoff ceiling of the first retry.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_initial_backoff", with = "humantime_serde")]
     pub initial_backoff: Duration,
     /// The largest backoff.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
 }
@@ -232,7 +241,7 @@ fn default_max_backoff() -> Duration {
 }
 
 /// Which messages of a route may be handled at the same time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Ordering {
     /// Any of them.
@@ -245,7 +254,7 @@ pub enum Ordering {
 }
 
 /// A header filter: every listed header must have the listed value.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     /// Header name to required value.

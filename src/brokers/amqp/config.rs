@@ -19,7 +19,7 @@ use crate::config::checks;
 pub static KIND: TypedKind<AmqpConfig> = TypedKind::new("amqp");
 
 /// An AMQP 0.9.1 connection and the topology mqfn declares on it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
     /// `amqp://user:pass@host:5672/%2f` or `amqps://...`.
@@ -36,7 +36,7 @@ pub struct AmqpConfig {
 }
 
 /// An AMQP queue declaration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpQueue {
     /// The queue name.
@@ -52,11 +52,12 @@ pub struct AmqpQueue {
     pub passive: bool,
     /// Extra `x-` arguments (string, integer or boolean values).
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub arguments: BTreeMap<String, toml::Value>,
 }
 
 /// An AMQP exchange declaration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpExchange {
     /// The exchange name.
@@ -73,7 +74,7 @@ pub struct AmqpExchange {
 }
 
 /// An AMQP binding of a queue to an exchange.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpBinding {
     /// The exchange.
@@ -87,7 +88,7 @@ pub struct AmqpBinding {
 
 /// An AMQP source: a queue (bind it to exchanges under
 /// `[[brokers.NAME.bindings]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSource {
     /// The queue.
@@ -97,7 +98,7 @@ pub struct AmqpSource {
 
 /// Where mqfn publishes on AMQP: a queue (through the default exchange),
 /// or an exchange with a routing key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpTarget {
     /// The queue, published to through the default exchange; with
@@ -123,6 +124,11 @@ impl AmqpTarget {
             None => ("", queue),
         }
     }
+}
+
+impl crate::brokers::Endpoints for AmqpConfig {
+    type Source = AmqpSource;
+    type Target = AmqpTarget;
 }
 
 #[async_trait]

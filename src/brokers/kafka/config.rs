@@ -19,7 +19,7 @@ use crate::config::checks;
 pub static KIND: TypedKind<KafkaConfig> = TypedKind::new("kafka");
 
 /// A Kafka connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `host:port[,host:port...]`.
@@ -28,6 +28,7 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// How often stored offsets are committed.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
     /// In-flight messages per partition before the partition is paused.
@@ -40,7 +41,7 @@ pub struct KafkaConfig {
 }
 
 /// The latency profile of a Kafka connection's clients.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Latency {
     /// librdkafka's own defaults: a fetch waits up to 500 ms for data
@@ -74,7 +75,7 @@ impl Latency {
 }
 
 /// A Kafka source: a topic read by the route's consumer group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSource {
     /// The topic.
@@ -92,7 +93,7 @@ pub struct KafkaSource {
 }
 
 /// Where mqfn publishes on Kafka.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaTarget {
     /// The topic.
@@ -104,7 +105,7 @@ pub struct KafkaTarget {
 }
 
 /// Where a new consumer group starts reading.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OffsetReset {
     /// At the oldest record (the default: nothing is skipped).
@@ -125,7 +126,7 @@ impl OffsetReset {
 }
 
 /// Kafka topic creation.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopicCreate {
     /// Partitions of the new topic.
@@ -163,6 +164,11 @@ fn topic_binding(topic: &str, create: Option<&TopicCreate>) -> serde_json::Value
         b["partitions"] = c.partitions.into();
     }
     serde_json::json!({ "kafka": b })
+}
+
+impl crate::brokers::Endpoints for KafkaConfig {
+    type Source = KafkaSource;
+    type Target = KafkaTarget;
 }
 
 #[async_trait]

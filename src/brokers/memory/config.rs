@@ -16,7 +16,7 @@ use crate::brokers::{
 pub static KIND: TypedKind<MemoryConfig> = TypedKind::new("memory");
 
 /// An in-process broker.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     /// The hub whose queues this broker uses (default: the broker's name).
@@ -27,12 +27,17 @@ pub struct MemoryConfig {
 }
 
 /// A queue of the hub, as a source or a target.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryEndpoint {
     /// The queue (created on first use).
     #[serde(alias = "subject", alias = "topic")]
     pub queue: String,
+}
+
+impl crate::brokers::Endpoints for MemoryConfig {
+    type Source = MemoryEndpoint;
+    type Target = MemoryEndpoint;
 }
 
 #[async_trait]

@@ -18,7 +18,7 @@ use crate::config::checks;
 pub static KIND: TypedKind<NatsConfig> = TypedKind::new("nats");
 
 /// A NATS connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// Server URL(s), comma-separated: `nats://user:pass@host:4222`.
@@ -51,12 +51,13 @@ pub struct NatsConfig {
     #[serde(default)]
     pub tls_key_file: Option<String>,
     /// How long one connection attempt may take.
+    #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
 }
 
 /// A JetStream stream declaration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsStream {
     /// The stream name.
@@ -67,6 +68,7 @@ pub struct NatsStream {
     #[serde(default)]
     pub storage: Storage,
     /// How long messages are kept; unlimited when absent.
+    #[schemars(with = "Option<crate::config::schema::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub max_age: Option<Duration>,
     /// The most messages kept (the oldest go first); unlimited when absent.
@@ -78,7 +80,7 @@ pub struct NatsStream {
 }
 
 /// Where a stream is kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Storage {
     /// On disk (the default).
@@ -90,7 +92,7 @@ pub enum Storage {
 
 /// A NATS source: a core subject (at-most-once, queue groups), or with
 /// `stream`, a durable JetStream pull consumer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSource {
     /// The subject (wildcards allowed).
@@ -103,6 +105,7 @@ pub struct NatsSource {
     #[serde(default)]
     pub durable: Option<String>,
     /// JetStream: how long the server waits for an ack before redelivery.
+    #[schemars(with = "Option<crate::config::schema::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub ack_wait: Option<Duration>,
     /// JetStream: deliveries before the server gives up (-1: unlimited).
@@ -117,7 +120,7 @@ pub struct NatsSource {
 }
 
 /// Where mqfn publishes on NATS.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsTarget {
     /// The subject.
@@ -138,6 +141,11 @@ impl NatsTarget {
             dedup: true,
         }
     }
+}
+
+impl crate::brokers::Endpoints for NatsConfig {
+    type Source = NatsSource;
+    type Target = NatsTarget;
 }
 
 #[async_trait]
