@@ -199,7 +199,9 @@ source = {{ broker = "down", subject = "{p}.in" }}
 handler = "echo"
 "#
     );
-    let mut m = Mqfn::start(&cfg);
+    // At debug, so that the reconnect attempts summed up at warn are in
+    // the log too, where a secret could leak.
+    let mut m = Mqfn::start_logging(&cfg, "warn,mqfn=debug");
     eventually(LONG, "the route on the reachable broker", || async {
         let s = m.status().await;
         s["routes"][0]["subscribed"].as_bool()?.then_some(())

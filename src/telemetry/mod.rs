@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod billing;
 pub mod names;
+pub mod quiet;
 pub mod status;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};

@@ -68,6 +68,8 @@ pub struct Mqfn {
     child: Option<Child>,
     /// Extra arguments of `mqfn run`.
     args: Vec<String>,
+    /// `RUST_LOG` for it (default: `$MQFN_TEST_LOG`, else `info`).
+    log_filter: Option<String>,
     /// `127.0.0.1:PORT` of the admin listener.
     pub admin: String,
     /// Where its log goes.
@@ -85,19 +87,33 @@ impl Mqfn {
 
     /// Starts `mqfn run ARGS` with this config text.
     pub fn start_with(config: &str, args: &[&str]) -> Self {
+        let mut m = Self::prepare(config, args);
+        m.spawn();
+        m
+    }
+
+    /// Starts `mqfn run` with this config text and `RUST_LOG=filter`.
+    pub fn start_logging(config: &str, filter: &str) -> Self {
+        let mut m = Self::prepare(config, &[]);
+        m.log_filter = Some(filter.to_owned());
+        m.spawn();
+        m
+    }
+
+    /// Writes the config and picks the admin port; starts nothing.
+    fn prepare(config: &str, args: &[&str]) -> Self {
         let (dir, path) = write_config(config);
         let admin = format!("127.0.0.1:{}", free_port());
         let log = dir.path().join("mqfn.log");
-        let mut m = Self {
+        Self {
             child: None,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            log_filter: None,
             admin,
             log,
             _dir: dir,
             config: path,
-        };
-        m.spawn();
-        m
+        }
     }
 
     /// Starts the process again with the same config and admin address.
@@ -114,7 +130,9 @@ impl Mqfn {
             .args(&self.args)
             .env(
                 "RUST_LOG",
-                std::env::var("MQFN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                self.log_filter.clone().unwrap_or_else(|| {
+                    std::env::var("MQFN_TEST_LOG").unwrap_or_else(|_| "info".into())
+                }),
             )
             .stdout(Stdio::null())
             .stderr(log)

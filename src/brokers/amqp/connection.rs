@@ -10,11 +10,12 @@ use futures::StreamExt;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::topology;
 use super::AmqpConfig;
 use crate::brokers::{reconnect_delay, BrokerError, BrokerErrorKind};
+use crate::telemetry::quiet::{Quiet, Verdict};
 use crate::telemetry::{names, redact_url};
 
 /// How long one connection attempt may take.
@@ -102,7 +103,8 @@ impl Link {
         });
         let url = redact_url(&self.cfg.url);
         if up {
-            info!(broker = %self.broker, url, "Connected to AMQP; topology declared.");
+            let suppressed = Quiet::of(&self.broker).recovered();
+            info!(broker = %self.broker, url, suppressed, "Connected to AMQP; topology declared.");
         } else {
             *self
                 .last_error
@@ -218,7 +220,17 @@ pub(super) async fn supervise(
                     return;
                 }
                 failures += 1;
-                warn!(broker = %link.broker, error = %e, "Cannot connect to AMQP yet; retrying.");
+                match Quiet::of(&link.broker).complain(std::time::Instant::now()) {
+                    Verdict::Log => {
+                        warn!(broker = %link.broker, error = %e, "Cannot connect to AMQP yet; retrying. Repeats are summed up once a minute.")
+                    }
+                    Verdict::Summary(n) => {
+                        warn!(broker = %link.broker, suppressed = n, last_error = %e, "Still cannot connect to AMQP; {n} attempts in the last minute.")
+                    }
+                    Verdict::Drop => {
+                        debug!(broker = %link.broker, error = %e, "Cannot connect to AMQP yet; retrying.")
+                    }
+                }
                 let why = match e.kind {
                     BrokerErrorKind::Connect | BrokerErrorKind::Setup => e.message.clone(),
                     _ => e.to_string(),

@@ -13,10 +13,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext};
 use tracing::{debug, error, warn};
 
-use super::quiet::{Quiet, Verdict};
 use super::set_up;
 use super::{KafkaConfig, KafkaSource};
 use crate::config::RouteConfig;
+use crate::telemetry::quiet::{Quiet, Verdict};
 
 /// A client config: bootstrap and mqfn's `defaults`, then the user's
 /// properties (which may override those defaults).

@@ -15,7 +15,6 @@ pub mod config;
 mod consumer;
 mod dlq;
 mod offsets;
-mod quiet;
 mod rebalance;
 mod sink;
 mod source;
@@ -118,7 +117,7 @@ async fn watch(
         let ok = admin::ping(producer.clone(), REQUEST_TIMEOUT).await;
         if ok != up.load(Ordering::Relaxed) {
             if ok {
-                let suppressed = quiet::Quiet::of(&name).recovered();
+                let suppressed = crate::telemetry::quiet::Quiet::of(&name).recovered();
                 info!(broker = %name, suppressed, "Connected to Kafka.");
             } else {
                 warn!(broker = %name, "Kafka does not answer; retrying.");

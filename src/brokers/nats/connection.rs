@@ -5,11 +5,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_nats::jetstream::{self, stream};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{NatsStream, Storage};
 use crate::brokers::BrokerError;
 use crate::telemetry::names;
+use crate::telemetry::quiet::{Quiet, Verdict};
 
 /// Stops the connection's I/O thread when the broker is dropped.
 pub(super) struct IoThread(Option<tokio::sync::oneshot::Sender<()>>);
@@ -127,7 +128,8 @@ pub(super) fn on_event(flag: &AtomicBool, broker: &str, url: &str, event: async_
         Event::Connected => {
             flag.store(true, Ordering::Relaxed);
             gauge.set(1.0);
-            info!(broker, url, "Connected to NATS.");
+            let suppressed = Quiet::of(broker).recovered();
+            info!(broker, url, suppressed, "Connected to NATS.");
         }
         Event::Disconnected => {
             flag.store(false, Ordering::Relaxed);
@@ -138,6 +140,16 @@ pub(super) fn on_event(flag: &AtomicBool, broker: &str, url: &str, event: async_
             flag.store(false, Ordering::Relaxed);
             gauge.set(0.0);
         }
-        other => warn!(broker, event = %other, "NATS connection event."),
+        // Client errors come once per reconnect attempt while the server
+        // is away: the first of an outage, then a summary a minute.
+        other => match Quiet::of(broker).complain(std::time::Instant::now()) {
+            Verdict::Log => {
+                warn!(broker, event = %other, "NATS connection event. Repeats are summed up once a minute.")
+            }
+            Verdict::Summary(n) => {
+                warn!(broker, suppressed = n, last = %other, "NATS connection events go on; {n} in the last minute.")
+            }
+            Verdict::Drop => debug!(broker, event = %other, "NATS connection event."),
+        },
     }
 }

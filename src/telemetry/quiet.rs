@@ -1,10 +1,11 @@
 //! One line per outage, not thirty a second.
 //!
-//! While a cluster is unreachable, librdkafka reports it from every client
-//! (the shared producer, each route's consumer, the admin client) on every
-//! reconnect attempt: with one route and Kafka down, mqfn logged about 60
-//! `AllBrokersDown` warnings a second. Each broker name gets one [`Quiet`],
-//! shared by all its clients: the first complaint of an outage is logged,
+//! While a broker is unreachable, its clients report every reconnect
+//! attempt: librdkafka from every client (the shared producer, each route's
+//! consumer, the admin client), so that with one route and Kafka down mqfn
+//! logged about 60 `AllBrokersDown` warnings a second; the NATS client and
+//! the AMQP reconnect loop once per attempt. Each broker name gets one
+//! [`Quiet`], shared by all its clients: the first complaint of an outage is logged,
 //! the rest are counted (and logged at debug), and a summary line comes
 //! once per [`SUMMARY_EVERY`] while they go on. The outage ends when the
 //! broker answers again, or after a minute without a complaint.
