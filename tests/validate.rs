@@ -395,6 +395,16 @@ fn every_broker_kind_and_endpoint_becomes_typed() {
     assert!(err.contains("brokers.x.kind: unknown broker kind \"redis\"; expected one of nats, kafka, amqp, memory"), "{err}");
 }
 
+/// Runs mqfn in `dir`, where no config file exists, with no `$MQFN_CONFIG`.
+fn cli_without_config(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("MQFN_CONFIG")
+        .output()
+        .expect("run mqfn")
+}
+
 /// `completions` reads no config: run where none exists, each script
 /// parses in its own shell (installed by scripts/test.sh).
 #[test]
@@ -405,12 +415,7 @@ fn completions_need_no_config_and_parse_in_their_shell() {
         ("zsh", &["zsh", "-n"][..]),
         ("fish", &["fish", "--no-execute"][..]),
     ] {
-        let out = std::process::Command::new(common::BIN)
-            .args(["completions", shell])
-            .current_dir(empty.path())
-            .env_remove("MQFN_CONFIG")
-            .output()
-            .expect("run mqfn");
+        let out = cli_without_config(empty.path(), &["completions", shell]);
         assert!(
             out.status.success(),
             "{shell}: {}",
@@ -564,12 +569,7 @@ expect.outputs = [{{ json = {{ id = 8, tagged = true }} }}]
 fn the_config_schema_is_current_and_fits_the_configs() {
     let root = env!("CARGO_MANIFEST_DIR");
     let empty = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(common::BIN)
-        .arg("schema")
-        .current_dir(empty.path())
-        .env_remove("MQFN_CONFIG")
-        .output()
-        .expect("run mqfn");
+    let out = cli_without_config(empty.path(), &["schema"]);
     assert!(
         out.status.success(),
         "{}",
