@@ -141,7 +141,6 @@ async fn assemble_into(
         .iter()
         .map(|(n, (_, b))| (n.clone(), b.clone()))
         .collect();
-    let mut routes = Vec::new();
     for r in &cfg.routes {
         // One handler (and one instance pool) per name, shared by its routes.
         let print = handler_print(cfg, &r.handler);
@@ -156,17 +155,22 @@ async fn assemble_into(
                 source,
             })?,
         };
-        parts
-            .handlers
-            .insert(r.handler.clone(), (print, built.clone()));
-        if skip.contains(&r.name) {
-            continue;
-        }
-        routes.push(Arc::new(RouteHandle::new(
-            Arc::new(new_route(r, built, &brokers)),
-            r.clone(),
-        )));
+        parts.handlers.insert(r.handler.clone(), (print, built));
     }
+    // Only once nothing can fail: a route attaches to its handler's
+    // instance pool, which then waits for it to scale to zero.
+    let routes = cfg
+        .routes
+        .iter()
+        .filter(|r| !skip.contains(&r.name))
+        .map(|r| {
+            let built = parts.handlers[&r.handler].1.clone();
+            Arc::new(RouteHandle::new(
+                Arc::new(new_route(r, built, &brokers)),
+                r.clone(),
+            ))
+        })
+        .collect();
     Ok(AppState {
         brokers,
         routes,
