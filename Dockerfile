@@ -32,10 +32,12 @@ WORKDIR /build
 COPY . .
 
 # Link-time optimisation: Cargo.toml's release profile uses fat LTO with one
-# codegen unit (the smallest, fastest binary; docs/benchmarks.md measures it),
-# which takes about 10 minutes on 2 cores and a lot of memory. The image
-# defaults to thin LTO with 16 units, a few minutes and much less memory;
-# `docker compose build --build-arg LTO=fat --build-arg CODEGEN_UNITS=1`
+# codegen unit (the smallest, fastest binary; docs/benchmarks.md measures it).
+# Its whole-program optimisation runs on one thread at the end of the build,
+# with the whole program in memory: about 10 minutes on 2 cores, and a risk of
+# running out of memory in a small Docker VM. The image defaults to thin LTO
+# with 16 codegen units, which optimises in parallel pieces with far less
+# memory; `docker compose build --build-arg LTO=fat --build-arg CODEGEN_UNITS=1`
 # builds the benchmarked binary.
 ARG LTO=thin
 ARG CODEGEN_UNITS=16
