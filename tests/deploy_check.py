@@ -980,6 +980,7 @@ class KubernetesTest(DeployTestCase):
         self.assertEqual(container["image"], "ghcr.io/mqfn/mqfn:latest")
         admin = flag_value(container["args"], "--admin")
         self.assertEqual(container["args"][0], "run")
+        self.assertIn("--watch", container["args"], "ConfigMap updates reload without a restart")
         port = int(admin.rsplit(":", 1)[1])
         ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
         self.assertIn(port, ports.values())
