@@ -41,6 +41,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run every route until SIGINT or SIGTERM, then drain and exit 0.
+    ///
     /// SIGHUP reloads the config: unchanged routes keep running, changed
     /// ones drain and restart, removed ones drain and stop, new ones start;
     /// an invalid config is refused and the running one stays.
@@ -64,12 +65,15 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// Print the status of a running mqfn as a table.
     Status(status::StatusArgs),
-    /// Run route test cases from a file through the real pipeline on the
-    /// in-process memory broker, with no external broker; exit 1 on a
-    /// mismatch, with a diff.
+    /// Run route test cases from a file, with no broker; exit 1 on a
+    /// mismatch.
+    ///
+    /// Each case runs through the real pipeline on the in-process memory
+    /// broker, and a mismatch prints a diff (docs/cli.md).
     Test(route_test::TestArgs),
-    /// Print an AsyncAPI 3.0 document (JSON) of the config: brokers,
-    /// channels and operations, without credentials.
+    /// Print an AsyncAPI 3.0 document (JSON) of the config.
+    ///
+    /// Its brokers, channels and operations, without credentials.
     Asyncapi,
     /// Print a JSON Schema of the config file, for editors and CI checks
     /// (needs no config).
