@@ -44,10 +44,15 @@ fn main() -> ExitCode {
             .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
             .block_on(run(cli, path, cfg))
     });
+    exit_code(result)
+}
+
+/// Success, or the error on stderr, one problem per line (config errors
+/// list every problem found), and a failure status.
+fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One problem per line (config errors list every problem found).
             for line in e.to_string().lines() {
                 eprintln!("error: {line}");
             }
@@ -96,15 +101,7 @@ fn route_tests(config: Option<&std::path::Path>, args: &cli::route_test::TestArg
         .build()
         .map_err(|e| cli::CliError::Failed(format!("cannot start the async runtime: {e}")))
         .and_then(|rt| rt.block_on(cli::route_test::run(config, args)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            for line in e.to_string().lines() {
-                eprintln!("error: {line}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }
 
 /// `completions` and `man`, which print what clap knows and read no config.
@@ -127,13 +124,7 @@ fn generate(command: &Command) -> ExitCode {
         }
         _ => unreachable!("reads the config"),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }
 
 /// Completes on SIGINT or SIGTERM.
