@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{cli, write_config};
+use common::{cli, refused, validate, write_config};
 
 const GOOD: &str = r#"
 [brokers.js]
@@ -17,31 +17,6 @@ handler = "echo"
 output = { broker = "js", subject = "out" }
 dead_letter = { broker = "js", subject = "dlq" }
 "#;
-
-/// Runs `mqfn validate` on `text`; returns (success, stderr, file path).
-fn validate(text: &str) -> (bool, String, String) {
-    let (_dir, path) = write_config(text);
-    let out = cli(&["validate", "--config", path.to_str().unwrap()]);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        path.display().to_string(),
-    )
-}
-
-/// Asserts that `text` is refused with a line `FILE: KEY: ...` containing
-/// every one of `needles`.
-fn refused(text: &str, key: &str, needles: &[&str]) {
-    let (ok, err, file) = validate(text);
-    assert!(!ok, "accepted a bad config:\n{text}");
-    let prefix = format!("{file}: {key}: ");
-    assert!(
-        err.lines()
-            .any(|l| l.starts_with(&format!("error: {prefix}"))
-                && needles.iter().all(|n| l.contains(n))),
-        "no line `{prefix}...` containing {needles:?} in:\n{err}"
-    );
-}
 
 #[test]
 fn a_good_config_passes() {

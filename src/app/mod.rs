@@ -31,7 +31,7 @@ use crate::telemetry::admin;
 pub use parts::build;
 use parts::{assemble, route_print, Parts};
 pub use reload::Reloaded;
-use supervise::supervise;
+use supervise::{supervise, Subscription};
 
 /// Why `run` could not start or finish.
 #[derive(Debug, thiserror::Error)]
@@ -131,16 +131,34 @@ impl App {
     /// Starts a route's supervisor and autoscaler.
     fn launch(&mut self, h: &Arc<RouteHandle>, state: &AppState) {
         let token = self.token.child_token();
-        let broker = state.brokers[&h.cfg.source.broker].clone();
-        let tasks = vec![
-            tokio::spawn(supervise(
-                h.clone(),
-                broker,
-                token.clone(),
-                self.cfg.shutdown_timeout,
-            )),
-            tokio::spawn(autoscale::run(h.clone(), token.clone())),
-        ];
+        let subscription = |broker: &str, primary| Subscription {
+            broker: state.brokers[broker].clone(),
+            peers: state.brokers.clone(),
+            primary,
+        };
+        let mut subs = vec![subscription(&h.cfg.source.broker, true)];
+        // A second trigger: the route's `http` key, where its source is a
+        // broker.
+        if let Some(at) = h
+            .cfg
+            .http
+            .as_ref()
+            .filter(|at| at.broker != h.cfg.source.broker)
+        {
+            subs.push(subscription(&at.broker, false));
+        }
+        let mut tasks: Vec<_> = subs
+            .into_iter()
+            .map(|sub| {
+                tokio::spawn(supervise(
+                    h.clone(),
+                    sub,
+                    token.clone(),
+                    self.cfg.shutdown_timeout,
+                ))
+            })
+            .collect();
+        tasks.push(tokio::spawn(autoscale::run(h.clone(), token.clone())));
         self.running.insert(
             h.cfg.name.clone(),
             Running {

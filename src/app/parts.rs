@@ -43,9 +43,14 @@ fn handler_print(cfg: &Config, name: &str) -> String {
 }
 
 fn endpoints(r: &RouteConfig) -> impl Iterator<Item = &Endpoint> {
-    [Some(&r.source), r.output.as_ref(), r.dead_letter.as_ref()]
-        .into_iter()
-        .flatten()
+    [
+        Some(&r.source),
+        r.output.as_ref(),
+        r.dead_letter.as_ref(),
+        r.http.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Builds handlers and broker connections for every route of `cfg`.

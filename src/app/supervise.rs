@@ -9,28 +9,35 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::brokers::{reconnect_delay, Broker};
+use crate::brokers::{reconnect_delay, Broker, Peers};
 use crate::route::{Ended, WINDOW_FACTOR};
 use crate::state::RouteHandle;
+
+/// What a supervisor subscribes the route to.
+#[derive(Clone)]
+pub(super) struct Subscription {
+    /// The broker (or trigger) asked for the source.
+    pub broker: Arc<dyn Broker>,
+    /// The app's brokers, for a trigger that goes through one.
+    pub peers: Peers,
+    /// The route's own source, whose backlog and readiness the route
+    /// reports; false for a second trigger (a route's `http` key).
+    pub primary: bool,
+}
 
 /// Keeps one route running: subscribes, consumes, and when the route's
 /// task panics or its source fails for good, reports it and starts it
 /// again with backoff, until shutdown.
 pub(super) async fn supervise(
     h: Arc<RouteHandle>,
-    broker: Arc<dyn Broker>,
+    sub: Subscription,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
     let mut restarts = 0;
     loop {
-        let task = AssertUnwindSafe(route_task(
-            h.clone(),
-            broker.clone(),
-            shutdown.clone(),
-            drain,
-        ))
-        .catch_unwind();
+        let task =
+            AssertUnwindSafe(route_task(h.clone(), &sub, shutdown.clone(), drain)).catch_unwind();
         let reason = match task.await {
             Ok(Ended::Shutdown) => return,
             Ok(Ended::Failed(e)) => e.to_string(),
@@ -58,7 +65,7 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 /// it.
 async fn route_task(
     h: Arc<RouteHandle>,
-    broker: Arc<dyn Broker>,
+    sub: &Subscription,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> Ended {
@@ -67,7 +74,7 @@ async fn route_task(
     let source = loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return Ended::Shutdown,
-            s = broker.source(&h.cfg, window) => s,
+            s = sub.broker.subscribe(&h.cfg, window, &sub.peers) => s,
         };
         match attempt {
             Ok(s) => break s,
@@ -82,7 +89,11 @@ async fn route_task(
             }
         }
     };
-    h.subscribed(source.backlog_probe(), source.joined());
-    info!(route = %h.cfg.name, source = %h.cfg.source.describe(), handler = %h.cfg.handler, "Subscribed.");
+    if sub.primary {
+        h.subscribed(source.backlog_probe(), source.joined());
+        info!(route = %h.cfg.name, source = %h.cfg.source.describe(), handler = %h.cfg.handler, "Subscribed.");
+    } else {
+        info!(route = %h.cfg.name, trigger = %sub.broker.name(), handler = %h.cfg.handler, "Exposed.");
+    }
     h.route.clone().run(source, window, shutdown, drain).await
 }

@@ -9,6 +9,7 @@
 //! there.
 
 pub mod amqp;
+pub mod http;
 pub mod kafka;
 pub mod memory;
 pub mod nats;
@@ -22,17 +23,26 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-pub use settle::{Delivery, NoSettle, Settle};
+pub use settle::{Answer, Delivery, NoSettle, Settle};
 pub use spec::{
-    kind, kind_names, non_empty, typed, BrokerSpec, Described, EndpointSpec, Endpoints, Guarantee,
-    KeyError, Kind, KindSchemas, Role, TypedKind,
+    kind, kind_names, non_empty, triggers, typed, BrokerSpec, Described, EndpointSpec, Endpoints,
+    Guarantee, KeyError, Kind, KindSchemas, Role, TypedKind,
 };
 
 use crate::config::{BrokerConfig, Endpoint, RouteConfig};
 use crate::message::{Headers, Message};
 
+/// The brokers of a running app, by name.
+pub type Peers = std::collections::BTreeMap<String, Arc<dyn Broker>>;
+
 /// Every broker kind, one line each.
-pub static KINDS: &[&dyn Kind] = &[&nats::KIND, &kafka::KIND, &amqp::KIND, &memory::KIND];
+pub static KINDS: &[&dyn Kind] = &[
+    &nats::KIND,
+    &kafka::KIND,
+    &amqp::KIND,
+    &memory::KIND,
+    &http::KIND,
+];
 
 /// What kind of broker failure, sorted by what the caller can do about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +261,21 @@ pub trait Broker: Send + Sync {
         route: &RouteConfig,
         window: usize,
     ) -> Result<Box<dyn Source>, BrokerError>;
+    /// Subscribes `route` like [`Broker::source`], with the app's brokers
+    /// at hand (`peers`, by name), for a trigger that goes through another
+    /// broker: a schedule's ticks, an HTTP request queued on the route's
+    /// source. Also called for a route's second trigger: the HTTP
+    /// broker is asked for a route whose `http` key names it, whatever its
+    /// source.
+    async fn subscribe(
+        &self,
+        route: &RouteConfig,
+        window: usize,
+        peers: &Peers,
+    ) -> Result<Box<dyn Source>, BrokerError> {
+        let _ = peers;
+        self.source(route, window).await
+    }
     /// The publisher for outputs, replies and dead letters.
     fn publisher(&self) -> Arc<dyn Publisher>;
     /// Watches `at` without consuming from anyone else (for `mqfn invoke`).

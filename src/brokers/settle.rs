@@ -5,8 +5,27 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::BrokerError;
+use mqfn_handlers::HandlerError;
+
+use super::{BrokerError, OutMessage};
 use crate::message::Message;
+
+/// How a message ended, for a caller that waits on it (see
+/// [`Settle::waits`]).
+#[derive(Debug)]
+pub enum Answer<'a> {
+    /// The handler's results, as the route published them (or would
+    /// have: a route without an output publishes none).
+    Done(&'a [OutMessage]),
+    /// The handler failed: a permanent error, a retryable one (the caller
+    /// may try again), or a time limit run out.
+    Failed {
+        /// The error.
+        error: &'a HandlerError,
+        /// Whether the invocation ran past its time limit.
+        timed_out: bool,
+    },
+}
 
 /// Settles one delivery on its broker.
 #[async_trait]
@@ -25,6 +44,20 @@ pub trait Settle: Send + Sync {
     /// How often `in_progress` must be called during a long invocation.
     fn keepalive(&self) -> Option<Duration> {
         None
+    }
+    /// Whether a caller waits for this message's outcome (a synchronous
+    /// HTTP request). The route then invokes the handler once, as Lambda
+    /// does for a synchronous call, hands the outcome to
+    /// [`Settle::answer`] and dead-letters nothing: the caller decides
+    /// whether to try again. A nack (a publish not confirmed, a shutdown)
+    /// tells the caller to come back later.
+    fn waits(&self) -> bool {
+        false
+    }
+    /// Tells the waiting caller how its message ended; called once, before
+    /// the ack.
+    fn answer(&self, answer: Answer<'_>) {
+        let _ = answer;
     }
 }
 

@@ -72,6 +72,14 @@ pub trait Kind: Sync {
     /// JSON Schemas of its broker table (without `kind`) and of its source
     /// and target endpoints (without `broker`), for `mqfn schema`.
     fn schemas(&self, generator: &mut schemars::SchemaGenerator) -> KindSchemas;
+    /// For a trigger (a source that is not a queue: HTTP, a schedule), the
+    /// key that names it in a source table with no `broker`
+    /// (`source = { schedule = "..." }`). Its one broker is implicit,
+    /// called like the kind, and configured by the top-level table of that
+    /// name (`[http]`), if any.
+    fn trigger_key(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// What [`Kind::schemas`] returns.
@@ -96,6 +104,7 @@ pub trait Endpoints {
 /// config `C` (`deny_unknown_fields`).
 pub struct TypedKind<C> {
     name: &'static str,
+    trigger_key: Option<&'static str>,
     config: PhantomData<fn() -> C>,
 }
 
@@ -104,6 +113,17 @@ impl<C> TypedKind<C> {
     pub const fn new(name: &'static str) -> Self {
         Self {
             name,
+            trigger_key: None,
+            config: PhantomData,
+        }
+    }
+
+    /// The trigger called `name`, named in a source by `key` (see
+    /// [`Kind::trigger_key`]).
+    pub const fn trigger(name: &'static str, key: &'static str) -> Self {
+        Self {
+            name,
+            trigger_key: Some(key),
             config: PhantomData,
         }
     }
@@ -125,6 +145,9 @@ where
             source: generator.root_schema_for::<C::Source>(),
             target: generator.root_schema_for::<C::Target>(),
         }
+    }
+    fn trigger_key(&self) -> Option<&'static str> {
+        self.trigger_key
     }
 }
 
@@ -202,6 +225,17 @@ pub trait EndpointSpec: Debug + Send + Sync + 'static {
     fn guarantee(&self) -> Guarantee {
         Guarantee::AtLeastOnce
     }
+    /// Whether one route at most may use this place as its source (an HTTP
+    /// path: a request has one route to go to).
+    fn exclusive(&self) -> bool {
+        false
+    }
+    /// For a trigger that hands its messages to the route's own broker
+    /// source (an HTTP route in async mode), the key that asks for it: the
+    /// route then needs a broker source.
+    fn forwards(&self) -> Option<&'static str> {
+        None
+    }
     /// The AsyncAPI channel address of this place: [`Self::address`]
     /// unless the protocol's binding says otherwise (an AMQP routing key,
     /// whose exchange is in the binding).
@@ -220,6 +254,14 @@ pub trait EndpointSpec: Debug + Send + Sync + 'static {
 /// The kind called `name`.
 pub fn kind(name: &str) -> Option<&'static dyn Kind> {
     KINDS.iter().copied().find(|k| k.name() == name)
+}
+
+/// The trigger kinds (see [`Kind::trigger_key`]).
+pub fn triggers() -> impl Iterator<Item = (&'static dyn Kind, &'static str)> {
+    KINDS
+        .iter()
+        .copied()
+        .filter_map(|k| k.trigger_key().map(|key| (k, key)))
 }
 
 /// Every kind's name, for error messages.

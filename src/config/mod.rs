@@ -16,6 +16,7 @@ mod handler;
 mod resolve;
 mod route;
 pub mod schema;
+mod triggers;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -154,6 +155,7 @@ impl Config {
         })?;
         env::expand(&mut value, &mut |var| std::env::var(var).ok())
             .map_err(|(key, message)| ConfigErrors::one(at(key, message)))?;
+        triggers::lift(&mut value).map_err(|(key, message)| ConfigErrors::one(at(key, message)))?;
         let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             ConfigErrors::one(at(key, describe_serde_error(&e.into_inner().to_string())))

@@ -79,7 +79,10 @@ pub(super) fn resolve(cfg: &mut Config) -> Vec<ConfigError> {
     };
     for (name, b) in cfg.brokers.iter_mut() {
         if let Err(e) = b.resolve() {
-            err(join(&format!("brokers.{name}"), &e.key), e.message);
+            err(
+                join(&super::triggers::table_of(name, b.kind()), &e.key),
+                e.message,
+            );
         }
     }
     for (i, r) in cfg.routes.iter_mut().enumerate() {
@@ -87,6 +90,7 @@ pub(super) fn resolve(cfg: &mut Config) -> Vec<ConfigError> {
             ("source", Role::Source, Some(&mut r.source)),
             ("output", Role::Target, r.output.as_mut()),
             ("dead_letter", Role::Target, r.dead_letter.as_mut()),
+            ("http", Role::Source, r.http.as_mut()),
         ];
         for (field, role, ep) in eps {
             let Some(ep) = ep else { continue };

@@ -50,6 +50,32 @@ pub struct RouteConfig {
     /// Larger payloads are dead-lettered without calling the handler.
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    /// Also exposes the route over HTTP, whatever its source: a path
+    /// (`"/orders"`), or a table of the HTTP trigger's keys
+    /// (`{ path = "/orders", mode = "async" }`); see docs/triggers.md.
+    #[serde(default, deserialize_with = "exposure")]
+    #[schemars(with = "Option<super::schema::Exposure>")]
+    pub http: Option<Endpoint>,
+}
+
+/// Reads the route's `http` key: a path, or the keys of an HTTP source.
+fn exposure<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Endpoint>, D::Error> {
+    let keys = match toml::Value::deserialize(d)? {
+        toml::Value::String(path) => {
+            toml::Table::from_iter([("http".to_owned(), toml::Value::String(path))])
+        }
+        toml::Value::Table(mut t) => {
+            if let Some(path) = t.remove("path") {
+                t.insert("http".to_owned(), path);
+            }
+            t
+        }
+        _ => return Err(serde::de::Error::custom(
+            "expected a path (\"/orders\") or a table ({ path = \"/orders\", mode = \"async\" })",
+        )),
+    };
+    let broker = super::triggers::named_by(&keys).map_err(serde::de::Error::custom)?;
+    Ok(Some(Endpoint::new(broker, Arc::new(Unresolved::new(keys)))))
 }
 
 /// A broker address: the broker's name plus where on it, in the keys of
@@ -135,7 +161,9 @@ impl<'de> Deserialize<'de> for Endpoint {
         let broker = match keys.remove("broker") {
             Some(toml::Value::String(b)) => b,
             Some(_) => return Err(serde::de::Error::custom("broker: expected a string")),
-            None => return Err(serde::de::Error::missing_field("broker")),
+            None => super::triggers::named_by(&keys)
+                .map_err(serde::de::Error::custom)?
+                .to_owned(),
         };
         Ok(Self {
             broker,

@@ -62,8 +62,22 @@ pub fn document() -> Value {
         }
         v
     };
+    let mut triggers = Vec::new();
     for kind in KINDS {
         let s = kind.schemas(&mut generator);
+        if let Some(key) = kind.trigger_key() {
+            // No `broker`: the trigger's key names it, and its broker
+            // table is the top-level [name]; a trigger has no targets.
+            let mut source = endpoint(inline(s.source), kind.name());
+            if let Some(req) = source["required"].as_array_mut() {
+                req.retain(|r| r != "broker");
+            }
+            source["properties"]["broker"]["description"] =
+                format!("Optional: the `{key}` key names the trigger.").into();
+            endpoints.push(source);
+            triggers.push((kind.name(), inline(s.broker)));
+            continue;
+        }
         let mut broker = inline(s.broker);
         let props = broker["properties"]
             .as_object_mut()
@@ -93,6 +107,10 @@ pub fn document() -> Value {
         "description": "Where on a broker: `broker` (a name under [brokers]) and the keys of its kind. `subject`, `topic` and `queue` are synonyms for the address on every kind.",
         "anyOf": endpoints,
     }));
+    for (name, mut table) in triggers {
+        table["description"] = format!("The {name} trigger's settings.").into();
+        root["properties"][name] = table;
+    }
     root["$id"] = "https://github.com/mqfn/mqfn/config.schema.json".into();
     root["title"] = "mqfn config".into();
     root
@@ -153,5 +171,25 @@ impl JsonSchema for EndpointTable {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({ "$ref": format!("#/{DEFINITIONS}/Endpoint") })
+    }
+}
+
+/// The schema of a route's `http` key: a path, or the HTTP trigger's
+/// source keys.
+pub struct Exposure;
+
+impl JsonSchema for Exposure {
+    fn schema_name() -> Cow<'static, str> {
+        "Exposure".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Also exposes the route over HTTP: a path (\"/orders\"), or a table with `path` and the HTTP trigger's keys (mode, auth).",
+            "anyOf": [
+                { "type": "string", "pattern": "^/" },
+                { "type": "object", "required": ["path"], "properties": { "path": { "type": "string", "pattern": "^/" } } }
+            ]
+        })
     }
 }

@@ -1,7 +1,7 @@
 //! Rules that span fields, checked once after parsing. Every message names
 //! the key path, both values where two disagree, and what would fix it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ impl Validator<'_> {
         for (name, b) in &self.cfg.brokers {
             for e in b.spec().validate() {
                 self.err(
-                    super::resolve::join(&format!("brokers.{name}"), &e.key),
+                    super::resolve::join(&super::triggers::table_of(name, b.kind()), &e.key),
                     e.message,
                 );
             }
@@ -199,7 +199,61 @@ impl Validator<'_> {
                      add e.g. dead_letter = { broker = \"...\", subject = \"...dlq\" }",
                 );
             }
+            self.triggers(&key, r);
             self.workers_and_retry(&key, r);
+        }
+        self.exclusive_places();
+    }
+
+    /// The rules of a route's triggers: a second one only where the source
+    /// is not the same trigger, and hand-over to the route's broker source
+    /// only where it has one.
+    fn triggers(&mut self, key: &str, r: &super::RouteConfig) {
+        if let Some(key_name) = r.source.spec().forwards() {
+            self.err(
+                format!("{key}.source.{key_name}"),
+                format!(
+                    "`{key_name}` hands requests to the route's broker source, and this route's source is the {} trigger itself: \
+                     remove it, or expose a route that has a broker source (e.g. http = {{ path = \"{}\", {key_name} = ... }})",
+                    r.source.broker,
+                    r.source.address()
+                ),
+            );
+        }
+        if let Some(at) = &r.http {
+            if at.broker == r.source.broker {
+                self.err(
+                    format!("{key}.http"),
+                    format!(
+                        "the route's source is already the {} trigger at {}: remove this key",
+                        at.broker,
+                        r.source.address()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Places that one route at most may take (HTTP paths) are taken once.
+    fn exclusive_places(&mut self) {
+        let mut taken: BTreeMap<(String, String), String> = BTreeMap::new();
+        for (i, r) in self.cfg.routes.iter().enumerate() {
+            let places = [("source", Some(&r.source)), ("http", r.http.as_ref())];
+            for (field, at) in places {
+                let Some(at) = at.filter(|at| at.spec().exclusive()) else {
+                    continue;
+                };
+                let place = (at.broker.clone(), at.address());
+                if let Some(other) = taken.get(&place) {
+                    let message = format!(
+                        "{} is taken by route {other:?} already: give each route its own",
+                        at.describe()
+                    );
+                    self.err(format!("routes[{i}].{field}"), message);
+                } else {
+                    taken.insert(place, r.name.clone());
+                }
+            }
         }
     }
 

@@ -22,6 +22,19 @@ pub struct Failure {
     pub error: HandlerError,
     /// Attempts made, the broker's earlier deliveries included.
     pub attempts: u32,
+    /// Whether the last attempt ran past its time limit.
+    pub timed_out: bool,
+}
+
+impl Failure {
+    /// A failure that was not a time limit.
+    pub fn new(error: HandlerError, attempts: u32) -> Self {
+        Self {
+            error,
+            attempts,
+            timed_out: false,
+        }
+    }
 }
 
 /// How the attempts at one message ended.
@@ -65,6 +78,11 @@ impl Route {
         shutdown: &CancellationToken,
     ) -> Attempted {
         let mut attempt = msg.attempt.max(1);
+        // A waiting caller gets the first outcome and retries itself.
+        let max_attempts = match settle.waits() {
+            true => attempt,
+            false => self.retry.max_attempts,
+        };
         loop {
             if self.pool.size() == 0 {
                 self.wake.notify_one();
@@ -75,16 +93,17 @@ impl Route {
                 w = self.pool.acquire() => w,
             };
             msg.attempt = attempt;
-            let result = self.invoke_once(msg, settle).await;
+            let (result, label) = self.invoke_once(msg, settle).await;
             drop(worker);
             let error = match result {
                 Ok(outputs) => return Attempted::Done(outputs),
                 Err(e) => e,
             };
-            if !error.is_retryable() || attempt >= self.retry.max_attempts {
+            if !error.is_retryable() || attempt >= max_attempts {
                 return Attempted::Failed(Failure {
                     error,
                     attempts: attempt,
+                    timed_out: label == Invocation::Timeout,
                 });
             }
             let hint = match &error {
@@ -108,12 +127,13 @@ impl Route {
         }
     }
 
-    /// One invocation, with the time limit, panic catching and metrics.
+    /// One invocation, with the time limit, panic catching and metrics;
+    /// returns how it ended, and its label.
     async fn invoke_once(
         &self,
         msg: &mut Message,
         settle: &dyn Settle,
-    ) -> Result<Vec<Output>, HandlerError> {
+    ) -> (Result<Vec<Output>, HandlerError>, Invocation) {
         let start = Instant::now();
         msg.deadline = Some(start + self.timeout);
         let handler = Arc::clone(&self.handler);
@@ -151,7 +171,7 @@ impl Route {
             }
         };
         self.meters.invoked(label, elapsed);
-        result
+        (result, label)
     }
 }
 

@@ -26,15 +26,19 @@ pub enum Outcome {
     DeadLettered,
     /// Failed on a route without a dead letter (at-most-once sources).
     Dropped,
+    /// Failed, and the failure told to the caller that waited for it (a
+    /// synchronous HTTP request).
+    Answered,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Ok,
         Outcome::Replied,
         Outcome::Filtered,
         Outcome::DeadLettered,
         Outcome::Dropped,
+        Outcome::Answered,
     ];
 
     /// The label value.
@@ -45,6 +49,7 @@ impl Outcome {
             Outcome::Filtered => "filtered",
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Dropped => "dropped",
+            Outcome::Answered => "answered_error",
         }
     }
 }
@@ -186,6 +191,7 @@ impl Meters {
                 + settled(Outcome::Filtered),
             dead_lettered: self.dead_letters.get(),
             dropped: settled(Outcome::Dropped),
+            answered_errors: settled(Outcome::Answered),
             redelivered: self.redelivered.get(),
             retries: self.retries.get(),
         }
@@ -203,6 +209,8 @@ pub struct Counts {
     pub dead_lettered: u64,
     /// Failed on a route without a dead letter (at-most-once sources).
     pub dropped: u64,
+    /// Failures answered to a caller that waited (synchronous HTTP).
+    pub answered_errors: u64,
     /// Handed back to the broker for redelivery.
     pub redelivered: u64,
     /// In-process retries.

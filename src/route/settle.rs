@@ -9,7 +9,7 @@ use tracing::{debug, error, warn};
 
 use super::meters::Outcome;
 use super::{Attempted, Failure, Route};
-use crate::brokers::{Delivery, OutMessage, PublishError, PublishErrorKind};
+use crate::brokers::{Answer, Delivery, OutMessage, PublishError, PublishErrorKind};
 use crate::message::{Headers, Message, REPLY_HEADER};
 use crate::telemetry::names;
 
@@ -33,13 +33,13 @@ impl Route {
             }
         }
         let attempted = match self.max_message_bytes {
-            Some(max) if d.msg.payload.len() > max => Attempted::Failed(Failure {
-                error: HandlerError::permanent(format!(
+            Some(max) if d.msg.payload.len() > max => Attempted::Failed(Failure::new(
+                HandlerError::permanent(format!(
                     "payload of {} bytes is larger than max_message_bytes ({max})",
                     d.msg.payload.len()
                 )),
-                attempts: d.msg.attempt,
-            }),
+                d.msg.attempt,
+            )),
             _ => self.attempt(&mut d.msg, d.settle.as_ref(), shutdown).await,
         };
         match attempted {
@@ -52,13 +52,18 @@ impl Route {
     }
 
     async fn deliver(&self, d: &Delivery, outputs: Vec<Output>) {
-        let (sink, reply, outcome) = match (&self.output, &d.msg.reply_to, &self.replier) {
+        let (sink, reply, mut outcome) = match (&self.output, &d.msg.reply_to, &self.replier) {
             (Some(sink), _, _) => (Some(sink), None, Outcome::Ok),
             (None, Some(reply), Some(replier)) => (None, Some((reply, replier)), Outcome::Replied),
             _ => (None, None, Outcome::Ok),
         };
+        let waits = d.settle.waits();
+        let mut answer = Vec::new();
         for (i, out) in outputs.into_iter().enumerate() {
             let msg = self.out_message(&d.msg, out, i);
+            if waits {
+                answer.push(msg.clone());
+            }
             let result = match (sink, reply) {
                 (Some(s), _) => s.publisher.publish(&s.at, msg).await,
                 (None, Some((to, replier))) => replier.reply(to, msg).await,
@@ -70,6 +75,10 @@ impl Route {
             if let Err(e) = result {
                 return self.publish_failed(d, e).await;
             }
+        }
+        if waits {
+            d.settle.answer(Answer::Done(&answer));
+            outcome = Outcome::Replied;
         }
         self.ack(d, outcome).await;
     }
@@ -85,13 +94,10 @@ impl Route {
             }
             PublishErrorKind::Rejected => {
                 warn!(route = %self.name, error = %e, "The broker refused the result; dead-lettering the input.");
-                let f = Failure {
-                    error: HandlerError::permanent(format!(
-                        "result refused by the broker: {}",
-                        e.message
-                    )),
-                    attempts: d.msg.attempt,
-                };
+                let f = Failure::new(
+                    HandlerError::permanent(format!("result refused by the broker: {}", e.message)),
+                    d.msg.attempt,
+                );
                 Box::pin(self.dead_letter(d, f)).await;
             }
         }
@@ -99,6 +105,13 @@ impl Route {
 
     async fn dead_letter(&self, d: &Delivery, f: Failure) {
         self.stats.error(f.error.to_string());
+        if d.settle.waits() {
+            d.settle.answer(Answer::Failed {
+                error: &f.error,
+                timed_out: f.timed_out,
+            });
+            return self.ack(d, Outcome::Answered).await;
+        }
         let Some(sink) = &self.dead_letter else {
             // Only at-most-once sources may lack a dead letter (validated).
             error!(route = %self.name, error = %f.error, attempts = f.attempts, "Message failed and the route has no dead letter; dropped.");

@@ -47,6 +47,10 @@ pub const ROUTE_RESTARTS_TOTAL: &str = "mqfn_route_restarts_total";
 /// `partition` (bounded by the topic's partition count).
 pub const KAFKA_PARTITION_LAG: &str = "mqfn_kafka_partition_lag_messages";
 
+/// Requests to the HTTP trigger, by `route` (empty for an unknown path)
+/// and `code` (the response's status).
+pub const HTTP_REQUESTS_TOTAL: &str = "mqfn_http_requests_total";
+
 /// Registers descriptions and units with the recorder.
 pub fn describe() {
     describe_counter!(
@@ -98,6 +102,10 @@ pub fn describe() {
     describe_counter!(
         ROUTE_RESTARTS_TOTAL,
         "Route restarts after a panic or a source that failed for good."
+    );
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "Requests to the HTTP trigger, by route and status code."
     );
     describe_gauge!(
         KAFKA_PARTITION_LAG,

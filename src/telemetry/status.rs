@@ -69,6 +69,10 @@ pub struct RouteStatus {
     /// Failed with no dead letter to go to (at-most-once sources).
     #[serde(default)]
     pub dropped: u64,
+    /// Failed, and the failure answered to the caller that waited for it
+    /// (a synchronous HTTP request).
+    #[serde(default)]
+    pub answered_errors: u64,
     /// Handed back to the broker.
     pub redelivered: u64,
     /// The latest error and its time (RFC 3339).
@@ -150,6 +154,7 @@ pub fn snapshot(app: &AppState) -> Status {
                     succeeded: counts.succeeded,
                     dead_lettered: counts.dead_lettered,
                     dropped: counts.dropped,
+                    answered_errors: counts.answered_errors,
                     redelivered: counts.redelivered,
                     last_error: s.last_error().map(|(at, message)| LastError {
                         at: rfc3339(at),

@@ -482,3 +482,28 @@ pub mod hostile {
         assert!(reasons["not-object"].contains("not an object"));
     }
 }
+
+/// Runs `mqfn validate` on `text`; returns (success, stderr, file path).
+pub fn validate(text: &str) -> (bool, String, String) {
+    let (_dir, path) = write_config(text);
+    let out = cli(&["validate", "--config", path.to_str().unwrap()]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+/// Asserts that `text` is refused with a line `FILE: KEY: ...` containing
+/// every one of `needles`.
+pub fn refused(text: &str, key: &str, needles: &[&str]) {
+    let (ok, err, file) = validate(text);
+    assert!(!ok, "accepted a bad config:\n{text}");
+    let prefix = format!("{file}: {key}: ");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("error: {prefix}"))
+                && needles.iter().all(|n| l.contains(n))),
+        "no line `{prefix}...` containing {needles:?} in:\n{err}"
+    );
+}
