@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import time
 import unittest
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -79,8 +80,9 @@ class Mqfn:
     """`mqfn run --config CONFIG` on a free admin port, ready on enter,
     stopped with SIGTERM (a clean drain and group leave) on exit."""
 
-    def __init__(self, config):
+    def __init__(self, config, env=None):
         self.config = config
+        self.env = env or {}
         self.admin = f"127.0.0.1:{free_port()}"
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
 
@@ -88,7 +90,7 @@ class Mqfn:
         self.proc = subprocess.Popen(
             [str(BIN), "run", "--config", str(self.config), "--admin", self.admin],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log,
-            env={**os.environ, "RUST_LOG": "info"},
+            env={**os.environ, "RUST_LOG": "info", **self.env},
         )
         deadline = time.monotonic() + LONG
         while True:
@@ -292,6 +294,50 @@ class ShippedConfigTest(unittest.TestCase):
                 self.assertEqual(out.returncode, 0, f"`{line}` failed:\n{out.stdout}{out.stderr}")
             ran += 1
         return ran
+
+    # ------------------------------------------------------------ local
+
+    def test_local(self):
+        """config/local.toml runs with no broker and no Docker: its HTTP
+        routes answer the curl commands of its comment, the queued one
+        takes an async request, and the schedule fires."""
+        config = ROOT / "config" / "local.toml"
+        self.assertEqual(comment_commands(config), ["mqfn run --config config/local.toml"])
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+
+        def post(path, body, headers=None):
+            req = urllib.request.Request(f"{base}{path}", data=body.encode(), headers=headers or {})
+            try:
+                with urllib.request.urlopen(req, timeout=LONG) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        with Mqfn(config, env={"MQFN_HTTP_LISTEN": f"127.0.0.1:{port}"}) as m:
+            self.assertEqual(post("/tag", '{"id": 7}'), (200, '{"id":7,"tagged":true}'))
+            status, body = post("/tag", "not json")
+            self.assertEqual(status, 422, body)
+            self.assertIn("not valid JSON", json.loads(body)["error"])
+            status, body = post("/csv", "name,age\nada,36\nalan,41\n")
+            self.assertEqual(status, 200, body)
+            rows = [json.loads(o["payload"]) for o in json.loads(body)]
+            self.assertEqual(rows, [{"name": "ada", "age": "36"}, {"name": "alan", "age": "41"}])
+            status, body = post("/orders", '{"id": 8}', {"Prefer": "respond-async"})
+            self.assertEqual(status, 202, body)
+            self.assertEqual(json.loads(body)["queued_on"], "mem/orders.in")
+            self.assertEqual(post("/orders", '{"id": 9}'), (200, '{"id":9,"tagged":true}'))
+
+            def settled():
+                with urllib.request.urlopen(f"http://{m.admin}/status", timeout=LONG) as r:
+                    routes = {x["name"]: x for x in json.load(r)["routes"]}
+                # The queued order and the sync one; a first heartbeat.
+                return routes["orders"]["succeeded"] >= 2 and routes["heartbeat"]["succeeded"] >= 1
+
+            deadline = time.monotonic() + LONG
+            while not settled():
+                self.assertLess(time.monotonic(), deadline, "the queued order or the heartbeat never settled")
+                time.sleep(0.2)
 
     # ------------------------------------------------------------ examples
 

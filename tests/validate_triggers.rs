@@ -130,3 +130,41 @@ fn the_trigger_table_and_its_broker_name_are_checked() {
         &["missing field `broker`", "`http`"],
     );
 }
+
+#[test]
+fn schedules_are_checked_with_the_fix() {
+    let route = |source: &str| {
+        with_routes(&format!(
+            "[[routes]]\nname = \"a\"\nsource = {source}\nhandler = \"echo\"\n"
+        ))
+    };
+    refused(
+        &route("{ schedule = \"every five minutes\" }"),
+        "routes[0].source.schedule",
+        &["not a cron expression", "*/5 * * * *", "@every 30s"],
+    );
+    refused(
+        &route("{ schedule = \"0 9 * * *\", timezone = \"Paris\" }"),
+        "routes[0].source.timezone",
+        &["unknown time zone", "Europe/Paris"],
+    );
+    refused(
+        &route("{ schedule = \"@hourly\", catch_up = \"last\" }"),
+        "routes[0].source.catch_up",
+        &["state_dir"],
+    );
+    refused(
+        &route("{ schedule = \"@hourly\", via = { broker = \"nope\", subject = \"t\" } }"),
+        "routes[0].source.via.broker",
+        &["unknown broker \"nope\""],
+    );
+    refused(
+        &route("{ schedule = \"@hourly\", via = { broker = \"js\", subject = \"t\", stream = \"T\" } }"),
+        "routes[0].dead_letter",
+        &["missing"],
+    );
+    let (ok, err, _) = validate(&route(
+        "{ schedule = \"*/5 * * * *\", timezone = \"Europe/Paris\", payload = \"go\" }",
+    ));
+    assert!(ok, "{err}");
+}

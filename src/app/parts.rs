@@ -25,6 +25,7 @@ pub(super) struct Parts {
 /// equal prints make the same route, so a reload leaves it running.
 pub(super) fn route_print(cfg: &Config, r: &RouteConfig) -> String {
     let brokers: Vec<String> = endpoints(r)
+        .into_iter()
         .map(|ep| broker_print(cfg, &ep.broker))
         .collect();
     format!(
@@ -42,15 +43,19 @@ fn handler_print(cfg: &Config, name: &str) -> String {
     format!("{:?}", cfg.handlers.get(name))
 }
 
-fn endpoints(r: &RouteConfig) -> impl Iterator<Item = &Endpoint> {
-    [
+/// Every endpoint of a route, those inside others (a schedule's `via`)
+/// included.
+fn endpoints(r: &RouteConfig) -> Vec<&Endpoint> {
+    let top = [
         Some(&r.source),
         r.output.as_ref(),
         r.dead_letter.as_ref(),
         r.http.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
+    ];
+    let mut all: Vec<&Endpoint> = top.into_iter().flatten().collect();
+    let nested: Vec<&Endpoint> = all.iter().flat_map(|e| e.spec().nested()).collect();
+    all.extend(nested);
+    all
 }
 
 /// Builds handlers and broker connections for every route of `cfg`.

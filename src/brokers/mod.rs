@@ -13,6 +13,7 @@ pub mod http;
 pub mod kafka;
 pub mod memory;
 pub mod nats;
+pub mod schedule;
 mod settle;
 mod spec;
 
@@ -42,6 +43,7 @@ pub static KINDS: &[&dyn Kind] = &[
     &amqp::KIND,
     &memory::KIND,
     &http::KIND,
+    &schedule::KIND,
 ];
 
 /// What kind of broker failure, sorted by what the caller can do about it.

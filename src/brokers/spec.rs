@@ -225,6 +225,17 @@ pub trait EndpointSpec: Debug + Send + Sync + 'static {
     fn guarantee(&self) -> Guarantee {
         Guarantee::AtLeastOnce
     }
+    /// The endpoints inside this one, on other brokers (a schedule's
+    /// `via`), with their keys: the config resolves each with its own
+    /// broker's kind, and the app connects their brokers.
+    fn nested(&self) -> Vec<&crate::config::Endpoint> {
+        Vec::new()
+    }
+    /// [`Self::nested`], to resolve: each with its key and the side of
+    /// the route it is on.
+    fn nested_mut(&mut self) -> Vec<(&'static str, Role, &mut crate::config::Endpoint)> {
+        Vec::new()
+    }
     /// Whether one route at most may use this place as its source (an HTTP
     /// path: a request has one route to go to).
     fn exclusive(&self) -> bool {

@@ -95,48 +95,63 @@ pub(super) fn resolve(cfg: &mut Config) -> Vec<ConfigError> {
         for (field, role, ep) in eps {
             let Some(ep) = ep else { continue };
             let at = format!("routes[{i}].{field}");
-            let Some(b) = cfg.brokers.get(&ep.broker) else {
-                let known: Vec<_> = cfg.brokers.keys().cloned().collect();
-                err(
-                    format!("{at}.broker"),
-                    format!(
-                        "unknown broker {:?} (known: {})",
-                        ep.broker,
-                        if known.is_empty() {
-                            "none; add a [brokers.NAME] table".to_owned()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                );
-                continue;
-            };
-            let raw = ep
-                .spec()
-                .as_any()
-                .downcast_ref::<Unresolved>()
-                .map(|u| u.keys.clone());
-            let problems = match ep.resolve(b, role) {
-                Err(e) => vec![e],
-                Ok(()) => ep.spec().validate(),
-            };
-            for e in problems {
-                let hint = raw
-                    .as_ref()
-                    .and_then(|keys| other_side(b, role, keys, &e))
-                    .unwrap_or_default();
-                let message = format!(
-                    "{}{hint} (route {:?}; broker {:?} is {}; see docs/brokers.md for the keys of each kind)",
-                    e.message,
-                    r.name,
-                    ep.broker,
-                    b.kind(),
-                );
-                err(join(&at, &e.key), message);
-            }
+            endpoint(&cfg.brokers, &r.name, &at, role, ep, &mut err);
         }
     }
     errors
+}
+
+/// Resolves `ep` (at key path `at`, of route `route`) with its broker's
+/// kind, then the endpoints inside it.
+fn endpoint(
+    brokers: &std::collections::BTreeMap<String, super::BrokerConfig>,
+    route: &str,
+    at: &str,
+    role: Role,
+    ep: &mut super::Endpoint,
+    err: &mut impl FnMut(String, String),
+) {
+    let Some(b) = brokers.get(&ep.broker) else {
+        let known: Vec<_> = brokers.keys().cloned().collect();
+        err(
+            format!("{at}.broker"),
+            format!(
+                "unknown broker {:?} (known: {})",
+                ep.broker,
+                if known.is_empty() {
+                    "none; add a [brokers.NAME] table".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+        return;
+    };
+    let raw = ep
+        .spec()
+        .as_any()
+        .downcast_ref::<Unresolved>()
+        .map(|u| u.keys.clone());
+    let problems = match ep.resolve(b, role) {
+        Err(e) => vec![e],
+        Ok(()) => ep.spec().validate(),
+    };
+    for e in problems {
+        let hint = raw
+            .as_ref()
+            .and_then(|keys| other_side(b, role, keys, &e))
+            .unwrap_or_default();
+        let message = format!(
+            "{}{hint} (route {route:?}; broker {:?} is {}; see docs/brokers.md for the keys of each kind)",
+            e.message,
+            ep.broker,
+            b.kind(),
+        );
+        err(join(at, &e.key), message);
+    }
+    for (key, role, inner) in ep.nested_mut() {
+        endpoint(brokers, route, &join(at, key), role, inner, err);
+    }
 }
 
 /// When `e` is an unknown key that the other side of a route takes (a

@@ -119,6 +119,15 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The endpoints inside this one ([`EndpointSpec::nested_mut`]), while
+    /// the config is being resolved and the spec is not shared yet.
+    pub(super) fn nested_mut(&mut self) -> Vec<(&'static str, Role, &mut Endpoint)> {
+        match Arc::get_mut(&mut self.spec) {
+            Some(spec) => spec.nested_mut(),
+            None => Vec::new(),
+        }
+    }
+
     /// The kind's typed keys.
     pub fn spec(&self) -> &dyn EndpointSpec {
         self.spec.as_ref()

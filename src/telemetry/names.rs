@@ -51,6 +51,10 @@ pub const KAFKA_PARTITION_LAG: &str = "mqfn_kafka_partition_lag_messages";
 /// and `code` (the response's status).
 pub const HTTP_REQUESTS_TOTAL: &str = "mqfn_http_requests_total";
 
+/// Firings of a route's schedule by this process, by `route` (with
+/// `via`, the firings it published; the broker may keep fewer).
+pub const SCHEDULE_FIRINGS_TOTAL: &str = "mqfn_schedule_firings_total";
+
 /// Registers descriptions and units with the recorder.
 pub fn describe() {
     describe_counter!(
@@ -106,6 +110,10 @@ pub fn describe() {
     describe_counter!(
         HTTP_REQUESTS_TOTAL,
         "Requests to the HTTP trigger, by route and status code."
+    );
+    describe_counter!(
+        SCHEDULE_FIRINGS_TOTAL,
+        "Firings of a route's schedule by this process."
     );
     describe_gauge!(
         KAFKA_PARTITION_LAG,

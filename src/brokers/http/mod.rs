@@ -166,7 +166,13 @@ impl Broker for HttpBroker {
     }
 
     async fn inbox(&self) -> Result<(String, BoxStream<'static, Message>), BrokerError> {
-        Err(self.unsupported("request/reply through the broker"))
+        Err(BrokerError::unsupported(
+            &self.name,
+            format!(
+                "an HTTP route answers its requests itself: POST the payload to http://{}/PATH (e.g. curl --data-binary @payload.json URL), or run its handler with `mqfn call HANDLER PAYLOAD`",
+                self.cfg.listen
+            ),
+        ))
     }
 
     async fn close(&self) {

@@ -278,10 +278,7 @@ fn results(mut outputs: Vec<OutMessage>, asked: &Headers) -> Response {
         1 => {
             let out = outputs.pop().expect("one");
             let mut r = Response::new(Body::from(out.payload));
-            let echoed = |k: &str, v: &str| {
-                !k.eq_ignore_ascii_case("content-type") && asked.get(k) == Some(v)
-            };
-            for (k, v) in out.headers.iter().filter(|(k, v)| !echoed(k, v)) {
+            for (k, v) in out.headers.iter().filter(|(k, v)| !echoed(asked, k, v)) {
                 if let (Ok(name), Ok(value)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
                     if !is_hop(&name) {
                         r.headers_mut().append(name, value);
@@ -297,6 +294,7 @@ fn results(mut outputs: Vec<OutMessage>, asked: &Headers) -> Response {
                     let headers: serde_json::Map<_, _> = o
                         .headers
                         .iter()
+                        .filter(|(k, v)| !echoed(asked, k, v))
                         .map(|(k, v)| (k.to_owned(), v.into()))
                         .collect();
                     match std::str::from_utf8(&o.payload) {
@@ -311,6 +309,11 @@ fn results(mut outputs: Vec<OutMessage>, asked: &Headers) -> Response {
             json_response(StatusCode::OK, &serde_json::Value::Array(items))
         }
     }
+}
+
+/// Whether an output's header is only its request's, carried over.
+fn echoed(asked: &Headers, k: &str, v: &str) -> bool {
+    !k.eq_ignore_ascii_case("content-type") && asked.get(k) == Some(v)
 }
 
 /// Headers of a message that are the connection's, not the response's.
