@@ -61,7 +61,8 @@ LABEL org.opencontainers.image.title="mqfn" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # ca-certificates: TLS to brokers.
-# python3, nodejs: interpreters for process handlers (handlers/examples, handlers/sdk).
+# python3, nodejs: interpreters for process handlers (handlers/examples, handlers/sdk);
+# python3-boto3: the resize example's S3 client (the compose stack's uploads route).
 # curl: the compose healthcheck (GET /readyz on the admin port).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
@@ -70,6 +71,7 @@ RUN apt-get update \
         libssl3 \
         nodejs \
         python3 \
+        python3-boto3 \
  && rm -rf /var/lib/apt/lists/*
 
 # Fixed numeric uid/gid so Kubernetes' runAsNonRoot can verify it (see deploy/k8s).

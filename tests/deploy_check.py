@@ -49,7 +49,7 @@ GRAFANA_DS = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml"
 GRAFANA_DASH_PROVIDER = GRAFANA_DIR / "provisioning" / "dashboards" / "mqfn.yml"
 K8S_DIR = ROOT / "deploy" / "k8s"
 
-EXPECTED_SERVICES = ["nats", "kafka", "rabbitmq", "mqfn", "prometheus", "grafana", "demo"]
+EXPECTED_SERVICES = ["nats", "kafka", "rabbitmq", "mqfn", "prometheus", "grafana", "demo", "minio", "minio-setup"]
 
 # Metric catalogue: name -> labels.
 METRICS = {
@@ -543,6 +543,47 @@ class ComposeTest(DeployTestCase):
 
 
 class DockerfileTest(DeployTestCase):
+    def test_minio_notifies_the_uploads_route(self):
+        """MinIO publishes upload events to a subject that a declared stream
+        captures and the uploads route consumes; the setup job creates the
+        bucket and the notification (under photos/ only, so thumbnails do
+        not notify); the handler reaches MinIO with the AWS_* variables."""
+        s = self.services
+        image = s["minio"]["image"]
+        self.assertRegex(image, r"^minio/minio:RELEASE\.\d{4}-\d\d-\d\dT")
+        self.assertEqual(s["minio-setup"]["image"], image, "the setup job uses the server image's mc")
+        env = env_dict(s["minio"]["environment"])
+        ids = {k.rsplit("_", 1)[1] for k in env if k.startswith("MINIO_NOTIFY_NATS_ENABLE_")}
+        self.assertEqual(len(ids), 1, env)
+        target = ids.pop()
+        self.assertEqual(env[f"MINIO_NOTIFY_NATS_ENABLE_{target}"], "on")
+        self.assertEqual(env[f"MINIO_NOTIFY_NATS_JETSTREAM_{target}"], "on")
+        self.assertIn(f"MINIO_NOTIFY_NATS_QUEUE_DIR_{target}", env, "events would be lost while NATS is away")
+        host, _, port = env[f"MINIO_NOTIFY_NATS_ADDRESS_{target}"].partition(":")
+        self.assertIn(host, s)
+        self.assertIn(int(port), service_listen_ports(s[host]))
+        subject = env[f"MINIO_NOTIFY_NATS_SUBJECT_{target}"]
+        setup = "\n".join(as_argv(s["minio-setup"]["command"]))
+        self.assertIn(f"arn:minio:sqs::{target}:nats", setup)
+        self.assertRegex(setup, r"--event put --prefix photos/")
+        routes = [r for r in self.config["routes"] if r["source"].get("subject") == subject]
+        self.assertEqual(len(routes), 1, f"one route consumes {subject}")
+        route = routes[0]
+        streams = {x["name"]: x for x in self.config["brokers"][route["source"]["broker"]]["streams"]}
+        self.assertTrue(any(nats_subject_matches(p, subject) for p in streams[route["source"]["stream"]]["subjects"]))
+        handler = self.config["handlers"][route["handler"]]
+        self.assertIn("handlers/examples/resize.py", handler["command"])
+        mqfn_env = env_dict(s["mqfn"]["environment"])
+        for var in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+            self.assertIn(var, handler["env"], f"the handler never sees {var}")
+            self.assertIn(var, mqfn_env, f"compose does not set {var} for mqfn")
+        endpoint = urlsplit(mqfn_env["AWS_ENDPOINT_URL"])
+        self.assertEqual(endpoint.hostname, "minio")
+        self.assertIn(endpoint.port, service_listen_ports(s["minio"]))
+        self.assertEqual(mqfn_env["AWS_ACCESS_KEY_ID"], env["MINIO_ROOT_USER"])
+        self.assertEqual(mqfn_env["AWS_SECRET_ACCESS_KEY"], env["MINIO_ROOT_PASSWORD"])
+        self.assertIn("python3-boto3", DOCKERFILE.read_text(), "the runtime image needs boto3 for resize.py")
+
     def test_thin_lto_by_default(self):
         lines = dockerfile_lines(DOCKERFILE.read_text())
         self.assertIn("ARG LTO=thin", lines)

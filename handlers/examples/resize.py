@@ -11,15 +11,25 @@ side of the result; the aspect ratio is kept and images are never enlarged.
 
 Output headers: ``content-type``, ``image-width``, ``image-height``.
 Undecodable image data, an unsupported format or a bad ``max-side`` -> Permanent failure.
+
+Upload mode: when the payload is an S3 event notification (from an SQS queue the bucket
+notifies, or MinIO's), each created object is fetched with boto3 (the endpoint from
+``AWS_ENDPOINT_URL``, credentials from the usual AWS chain), resized, and its thumbnail
+written back to the same bucket under ``MQFN_RESIZE_PREFIX`` (default ``thumbnails/``),
+whose own events are skipped. One JSON output per thumbnail: bucket, key, thumbnail,
+width, height. S3's test event gives no output. A missing object -> Permanent; any other
+S3 error -> Retryable.
 """
 import io
+import json
 import os
 import sys
+import urllib.parse
 from array import array
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sdk"))
 
-from mqfn_handler import Output, Permanent, handler  # noqa: E402
+from mqfn_handler import Output, Permanent, Retryable, handler  # noqa: E402
 
 DEFAULT_MAX_SIDE = 64
 MAX_PIXELS = 64 * 1024 * 1024  # refuse absurd dimensions before allocating anything
@@ -180,13 +190,73 @@ def parse_max_side(ctx):
     return value
 
 
+def resize_image(data, max_side):
+    if Image is not None:
+        return resize_pillow(data, max_side)
+    return resize_netpbm(data, max_side)
+
+
+# ------------------------------------------------------------------------------ uploads
+
+THUMB_PREFIX = os.environ.get("MQFN_RESIZE_PREFIX", "thumbnails/")
+
+
+def s3_records(payload):
+    """The object-created records of an S3 event notification; None when the payload
+    is not one (then it is an image), [] for S3's test event."""
+    if not payload.lstrip().startswith(b"{"):
+        return None
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    if event.get("Event") == "s3:TestEvent":
+        return []
+    records = event.get("Records")
+    if not isinstance(records, list):
+        return None
+    return [r for r in records if isinstance(r, dict) and isinstance(r.get("s3"), dict)
+            and str(r.get("eventName", "")).startswith("ObjectCreated")]
+
+
+def resize_uploads(records, max_side):
+    import boto3  # only uploads need it
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = boto3.client("s3")
+    outputs = []
+    for r in records:
+        bucket = r["s3"]["bucket"]["name"]
+        key = urllib.parse.unquote_plus(r["s3"]["object"]["key"])
+        if key.startswith(THUMB_PREFIX):
+            continue  # a thumbnail of ours
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            data, ctype, w, h = resize_image(body, max_side)
+            thumb = THUMB_PREFIX + key.rsplit("/", 1)[-1]
+            s3.put_object(Bucket=bucket, Key=thumb, Body=data, ContentType=ctype)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "NoSuchBucket", "404"):
+                raise Permanent("s3://%s/%s: %s" % (bucket, key, code)) from None
+            raise Retryable("s3://%s/%s: %s" % (bucket, key, e)) from None
+        except BotoCoreError as e:
+            raise Retryable("s3://%s/%s: %s" % (bucket, key, e)) from None
+        outputs.append(Output(json.dumps({
+            "bucket": bucket, "key": key, "thumbnail": thumb, "width": w, "height": h,
+        }).encode(), headers={"content-type": "application/json"}))
+    return outputs
+
+
 @handler
 def run(payload, ctx):
     max_side = parse_max_side(ctx)
     if not payload:
         raise Permanent("empty payload: no image")
-    if Image is not None:
-        data, ctype, w, h = resize_pillow(payload, max_side)
-    else:
-        data, ctype, w, h = resize_netpbm(payload, max_side)
+    records = s3_records(payload)
+    if records is not None:
+        return resize_uploads(records, max_side)
+    data, ctype, w, h = resize_image(payload, max_side)
     return Output(data, headers={"content-type": ctype, "image-width": str(w), "image-height": str(h)})

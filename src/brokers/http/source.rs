@@ -75,7 +75,6 @@ impl HttpSource {
         // The queue in front of the route, beyond the messages its window
         // holds: once it is full, requests get 503.
         let (tx, rx) = mpsc::channel(route.workers.max.max(1));
-        let timeout = route.timeout.unwrap_or(Duration::from_secs(30));
         let entry = Arc::new(Entry {
             route: route.name.clone(),
             tx,
@@ -88,8 +87,11 @@ impl HttpSource {
             max_bytes: route.max_message_bytes,
             workers_max: route.workers.max,
             // The invocation's own limit answers 504 first; this bounds
-            // the wait for a worker too.
-            wait: timeout * 2 + Duration::from_secs(1),
+            // the wait for a worker too. Without a route `timeout`, the
+            // handler's applies, which this side does not know: an hour.
+            wait: route
+                .timeout
+                .map_or(Duration::from_secs(3600), |t| t * 2 + Duration::from_secs(1)),
         });
         table
             .write()
