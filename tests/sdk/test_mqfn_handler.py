@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import unittest
+import urllib.request
 import zlib
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -527,6 +528,78 @@ class _Hook(http.server.BaseHTTPRequestHandler):
             self.wfile.write(reply)
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+class ResizeUploadTests(WorkerTestCase):
+    """resize.py given S3 event notifications: against moto's S3 server (its
+    own process, like a real endpoint), it fetches each upload, writes the
+    thumbnail back, skips its own thumbnails and S3's test event."""
+
+    @classmethod
+    def setUpClass(cls):
+        try:
+            import boto3  # noqa: F401
+            import moto.server  # noqa: F401
+        except ImportError:
+            raise unittest.SkipTest("pip install 'moto[server]' boto3 (scripts/test.sh does)")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cls.endpoint = "http://127.0.0.1:%d" % port
+        cls.moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                urllib.request.urlopen(cls.endpoint, timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    cls.moto.kill()
+                    raise
+                time.sleep(0.1)
+        cls.aws = {"AWS_ENDPOINT_URL": cls.endpoint, "AWS_ACCESS_KEY_ID": "test",
+                   "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.moto.kill()
+        cls.moto.wait()
+
+    def s3(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="test", aws_secret_access_key="test")
+
+    @staticmethod
+    def event(bucket, *keys):
+        return json.dumps({"Records": [
+            {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": k}}}
+            for k in keys]}).encode()
+
+    def test_an_upload_gets_its_thumbnail_written_back(self):
+        s3 = self.s3()
+        bucket = "uploads-%d" % os.getpid()
+        s3.create_bucket(Bucket=bucket)
+        img = make_ppm(200, 100, lambda x, y: (10, 200, 30))
+        s3.put_object(Bucket=bucket, Key="photos/my+cat.ppm", Body=img)
+        w = self.example("resize.py", MQFN_RESIZE_NO_PIL="1", **self.aws)
+        # Keys arrive URL-encoded, as S3 and MinIO send them.
+        header, payloads = w.call(self.event(bucket, "photos/my%2Bcat.ppm", "thumbnails/old.ppm"), id="u1")
+        self.assertEqual(header["status"], "ok", header)
+        self.assertEqual(len(payloads), 1, "its own thumbnails are skipped")
+        out = json.loads(payloads[0])
+        self.assertEqual(out, {"bucket": bucket, "key": "photos/my+cat.ppm",
+                               "thumbnail": "thumbnails/my+cat.ppm", "width": 64, "height": 32})
+        thumb = s3.get_object(Bucket=bucket, Key="thumbnails/my+cat.ppm")
+        self.assertEqual(thumb["ContentType"], "image/x-portable-pixmap")
+        self.assertEqual(parse_ppm(thumb["Body"].read())[1:3], (64, 32))
+
+        header, payloads = w.call(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}).encode(), id="u2")
+        self.assertEqual((header["status"], payloads), ("ok", []))
+        header, _ = w.call(self.event(bucket, "photos/missing.ppm"), id="u3")
+        self.assertEqual(header["status"], "fail", header)
+        self.assertIn("NoSuchKey", header["error"])
 
 
 class WebhookTests(WorkerTestCase):
