@@ -220,6 +220,25 @@ pub trait Publisher: Send + Sync {
     async fn reply(&self, reply_to: &str, msg: OutMessage) -> Result<(), PublishError>;
 }
 
+/// The publisher of a trigger, which takes messages and publishes none:
+/// every publish is refused, with the message saying what to do instead.
+pub struct Refusing(pub String);
+
+#[async_trait]
+impl Publisher for Refusing {
+    async fn publish(&self, to: &Endpoint, _msg: OutMessage) -> Result<(), PublishError> {
+        self.reply(&to.describe(), OutMessage::default()).await
+    }
+
+    async fn reply(&self, reply_to: &str, _msg: OutMessage) -> Result<(), PublishError> {
+        Err(PublishError {
+            kind: PublishErrorKind::Rejected,
+            to: reply_to.to_owned(),
+            message: self.0.clone(),
+        })
+    }
+}
+
 /// Reports how many messages wait on the broker for one source.
 #[async_trait]
 pub trait BacklogProbe: Send + Sync {

@@ -28,10 +28,7 @@ use tracing::info;
 
 pub use config::{HttpConfig, HttpEndpoint, KIND};
 
-use super::{
-    Broker, BrokerError, Kind as _, OutMessage, Peers, PublishError, PublishErrorKind, Publisher,
-    Source,
-};
+use super::{Broker, BrokerError, Kind as _, Peers, Publisher, Refusing, Source};
 use crate::config::{Endpoint, RouteConfig};
 use crate::message::Message;
 
@@ -156,9 +153,10 @@ impl Broker for HttpBroker {
     }
 
     fn publisher(&self) -> Arc<dyn Publisher> {
-        Arc::new(NoPublish {
-            listen: self.cfg.listen.clone(),
-        })
+        Arc::new(Refusing(format!(
+            "the HTTP trigger takes requests and publishes nothing: POST the payload to http://{}/PATH instead (e.g. curl --data-binary @file URL)",
+            self.cfg.listen
+        )))
     }
 
     async fn tap(&self, _at: &Endpoint) -> Result<BoxStream<'static, Message>, BrokerError> {
@@ -185,34 +183,5 @@ impl Broker for HttpBroker {
         if let Some(t) = task {
             let _ = t.await;
         }
-    }
-}
-
-/// The HTTP trigger takes requests; it publishes nothing.
-struct NoPublish {
-    listen: String,
-}
-
-#[async_trait]
-impl Publisher for NoPublish {
-    async fn publish(&self, to: &Endpoint, _msg: OutMessage) -> Result<(), PublishError> {
-        Err(PublishError {
-            kind: PublishErrorKind::Rejected,
-            to: to.describe(),
-            message: format!(
-                "the HTTP trigger takes requests and publishes nothing: POST the payload to http://{}{} instead (e.g. curl --data-binary @file URL)",
-                self.listen,
-                to.address()
-            ),
-        })
-    }
-
-    async fn reply(&self, reply_to: &str, msg: OutMessage) -> Result<(), PublishError> {
-        let _ = msg;
-        Err(PublishError {
-            kind: PublishErrorKind::Rejected,
-            to: reply_to.to_owned(),
-            message: "the HTTP trigger answers its requests itself".to_owned(),
-        })
     }
 }

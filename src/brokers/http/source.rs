@@ -89,9 +89,9 @@ impl HttpSource {
             // The invocation's own limit answers 504 first; this bounds
             // the wait for a worker too. Without a route `timeout`, the
             // handler's applies, which this side does not know: an hour.
-            wait: route
-                .timeout
-                .map_or(Duration::from_secs(3600), |t| t * 2 + Duration::from_secs(1)),
+            wait: route.timeout.map_or(Duration::from_secs(3600), |t| {
+                t * 2 + Duration::from_secs(1)
+            }),
         });
         table
             .write()

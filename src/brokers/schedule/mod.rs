@@ -22,7 +22,7 @@ use futures::stream::BoxStream;
 
 pub use config::{ScheduleConfig, ScheduleEndpoint, KIND};
 
-use super::{Broker, BrokerError, Kind as _, Peers, Publisher, Source};
+use super::{Broker, BrokerError, Kind as _, Peers, Publisher, Refusing, Source};
 use crate::config::{Endpoint, RouteConfig};
 use crate::message::Message;
 
@@ -97,7 +97,10 @@ impl Broker for ScheduleBroker {
     }
 
     fn publisher(&self) -> Arc<dyn Publisher> {
-        Arc::new(source::NoPublish)
+        Arc::new(Refusing(
+            "a schedule fires by itself: to run its handler now, use `mqfn call HANDLER PAYLOAD`"
+                .to_owned(),
+        ))
     }
 
     async fn tap(&self, _at: &Endpoint) -> Result<BoxStream<'static, Message>, BrokerError> {

@@ -14,8 +14,7 @@ use tracing::warn;
 use super::config::{CatchUp, ScheduleEndpoint};
 use super::plan::{Clock, Plan};
 use crate::brokers::{
-    reconnect_delay, BacklogProbe, BrokerError, Delivery, OutMessage, PublishError,
-    PublishErrorKind, Publisher, Settle, Source,
+    reconnect_delay, BacklogProbe, BrokerError, Delivery, OutMessage, Publisher, Settle, Source,
 };
 use crate::config::{Endpoint, RouteConfig};
 use crate::message::{Headers, Message, Position};
@@ -262,28 +261,5 @@ impl Source for Via {
     async fn close(&mut self) {
         self.ticker.abort();
         self.inner.close().await;
-    }
-}
-
-/// A schedule publishes nothing.
-pub(super) struct NoPublish;
-
-#[async_trait]
-impl Publisher for NoPublish {
-    async fn publish(&self, to: &Endpoint, _msg: OutMessage) -> Result<(), PublishError> {
-        Err(PublishError {
-            kind: PublishErrorKind::Rejected,
-            to: to.describe(),
-            message: "a schedule fires by itself; to run its handler now, use `mqfn call HANDLER`"
-                .to_owned(),
-        })
-    }
-
-    async fn reply(&self, reply_to: &str, _msg: OutMessage) -> Result<(), PublishError> {
-        Err(PublishError {
-            kind: PublishErrorKind::Rejected,
-            to: reply_to.to_owned(),
-            message: "a schedule has no callers to reply to".to_owned(),
-        })
     }
 }
