@@ -236,6 +236,12 @@ pub trait EndpointSpec: Debug + Send + Sync + 'static {
     fn nested_mut(&mut self) -> Vec<(&'static str, Role, &mut crate::config::Endpoint)> {
         Vec::new()
     }
+    /// The `workers.target_backlog` of a route on this source that sets
+    /// none, where the queue default (100) does not fit: callers that each
+    /// wait for their answer want a worker each.
+    fn target_backlog(&self) -> Option<u64> {
+        None
+    }
     /// Whether one route at most may use this place as its source (an HTTP
     /// path: a request has one route to go to).
     fn exclusive(&self) -> bool {

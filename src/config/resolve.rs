@@ -97,6 +97,9 @@ pub(super) fn resolve(cfg: &mut Config) -> Vec<ConfigError> {
             let at = format!("routes[{i}].{field}");
             endpoint(&cfg.brokers, &r.name, &at, role, ep, &mut err);
         }
+        if r.workers.target_backlog.is_none() {
+            r.workers.target_backlog = r.source.spec().target_backlog();
+        }
     }
     errors
 }

@@ -191,9 +191,11 @@ pub struct WorkersConfig {
     /// Most workers: the bound on concurrent invocations.
     #[serde(default = "default_max")]
     pub max: usize,
-    /// Backlog one worker is expected to keep up with.
-    #[serde(default = "default_target_backlog")]
-    pub target_backlog: u64,
+    /// Backlog one worker is expected to keep up with. Unset: 100, or what
+    /// the source asks for (1 for an HTTP trigger, whose callers each wait:
+    /// a worker per waiting request); see [`WorkersConfig::target_backlog`].
+    #[serde(default)]
+    pub target_backlog: Option<u64>,
     /// How often the autoscaler looks at the backlog.
     #[schemars(with = "crate::config::schema::DurationText")]
     #[serde(default = "default_scale_interval", with = "humantime_serde")]
@@ -213,7 +215,7 @@ impl Default for WorkersConfig {
         Self {
             min: default_min(),
             max: default_max(),
-            target_backlog: default_target_backlog(),
+            target_backlog: None,
             scale_interval: default_scale_interval(),
             cooldown: default_cooldown(),
             idle_timeout: default_idle_timeout(),
@@ -227,8 +229,14 @@ fn default_min() -> usize {
 fn default_max() -> usize {
     16
 }
-fn default_target_backlog() -> u64 {
-    100
+/// The backlog per worker of a route that sets none, on a queue.
+pub const DEFAULT_TARGET_BACKLOG: u64 = 100;
+
+impl WorkersConfig {
+    /// The backlog one worker is expected to keep up with.
+    pub fn target_backlog(&self) -> u64 {
+        self.target_backlog.unwrap_or(DEFAULT_TARGET_BACKLOG)
+    }
 }
 fn default_scale_interval() -> Duration {
     Duration::from_secs(1)

@@ -104,3 +104,52 @@ pub(super) fn table_of(name: &str, kind: &str) -> String {
         false => format!("brokers.{name}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn load(text: &str) -> Config {
+        Config::from_str(text, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_trigger_table_becomes_its_broker_and_routes_find_it() {
+        let cfg = load(
+            "[http]\nlisten = \"127.0.0.1:8081\"\n[[routes]]\nname = \"a\"\nsource = { http = \"/a\" }\nhandler = \"echo\"\n",
+        );
+        assert_eq!(cfg.brokers["http"].kind(), "http");
+        assert_eq!(cfg.routes[0].source.broker, "http");
+        assert_eq!(cfg.routes[0].source.address(), "/a");
+        // Used without its table: the broker has its defaults.
+        let cfg = load(
+            "[[routes]]\nname = \"s\"\nsource = { schedule = \"@hourly\" }\nhandler = \"echo\"\n",
+        );
+        assert_eq!(cfg.brokers["schedule"].kind(), "schedule");
+        // Not used: no broker.
+        let cfg = load("[brokers.m]\nkind = \"memory\"\n");
+        assert!(!cfg.brokers.contains_key("http"));
+    }
+
+    #[test]
+    fn http_sources_scale_a_worker_per_waiting_request_unless_told() {
+        let route = |workers: &str| {
+            load(&format!(
+                "[[routes]]\nname = \"a\"\nsource = {{ http = \"/a\" }}\nhandler = \"echo\"\n{workers}"
+            ))
+            .routes[0]
+                .workers
+                .target_backlog()
+        };
+        assert_eq!(route(""), 1);
+        assert_eq!(route("workers = { target_backlog = 100 }\n"), 100);
+        let queued = load("[brokers.m]\nkind = \"memory\"\n[[routes]]\nname = \"q\"\nsource = { broker = \"m\", queue = \"in\" }\nhandler = \"echo\"\ndead_letter = { broker = \"m\", queue = \"dlq\" }\nhttp = \"/q\"\n");
+        assert_eq!(
+            queued.routes[0].workers.target_backlog(),
+            100,
+            "a queue's default"
+        );
+    }
+}

@@ -271,7 +271,7 @@ impl Validator<'_> {
                 ),
             );
         }
-        if w.target_backlog == 0 {
+        if w.target_backlog == Some(0) {
             self.err(
                 format!("{key}.workers.target_backlog"),
                 "must be at least 1",

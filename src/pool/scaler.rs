@@ -67,7 +67,7 @@ impl Scaler {
 
     /// What the formula asks for at this backlog.
     pub fn desired(&self, backlog: u64) -> usize {
-        let want = backlog.div_ceil(self.cfg.target_backlog.max(1));
+        let want = backlog.div_ceil(self.cfg.target_backlog().max(1));
         usize::try_from(want)
             .unwrap_or(usize::MAX)
             .clamp(self.cfg.min, self.cfg.max)
@@ -128,7 +128,7 @@ mod tests {
         WorkersConfig {
             min,
             max,
-            target_backlog: 100,
+            target_backlog: Some(100),
             scale_interval: Duration::from_secs(1),
             cooldown: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),

@@ -181,6 +181,10 @@ impl EndpointSpec for HttpEndpoint {
         true
     }
 
+    fn target_backlog(&self) -> Option<u64> {
+        Some(1)
+    }
+
     fn forwards(&self) -> Option<&'static str> {
         (self.mode == Mode::Async).then_some("mode")
     }
